@@ -1,0 +1,14 @@
+"""Benchmarking bcrn_fast: harness, variants, byte/FLOP model, reports, the ``bench`` CLI.
+
+- :mod:`~bcrn_fast.benchmarking.costs`: the stated FLOP and byte model, GPU peaks, roofline floor;
+- :mod:`~bcrn_fast.benchmarking.variants`: eager, channels-last, torch.compile modes, CUDA graphs, fused backends;
+- :mod:`~bcrn_fast.benchmarking.harness`: build -> verify against fp32 eager -> time (FAILED rows are never timed);
+- :mod:`~bcrn_fast.benchmarking.report`: JSON schema, markdown table, speedups, % of roofline floor;
+- :mod:`~bcrn_fast.benchmarking.cli`: ``add_arguments``/``run`` for ``bcrn-fast bench``
+  (also ``python -m bcrn_fast.benchmarking``).
+"""
+
+from bcrn_fast.benchmarking.harness import DTYPES, TOLERANCE, Bench, Case, Options, Row, VerificationError
+from bcrn_fast.benchmarking.variants import ALL_VARIANTS, VARIANTS
+
+__all__ = ["ALL_VARIANTS", "DTYPES", "TOLERANCE", "VARIANTS", "Bench", "Case", "Options", "Row", "VerificationError"]

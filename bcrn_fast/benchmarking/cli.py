@@ -1,0 +1,307 @@
+"""``bcrn-fast bench``: compare the reference, torch.compile and the fused backends.
+
+``add_arguments(parser)`` adds the options, ``run(args)`` runs the grid and
+prints the markdown table (returns 0, or 1 if a variant FAILED verification
+or raised, 2 for bad arguments). ``python -m bcrn_fast.benchmarking`` is the
+same command on its own.
+
+Sizes are LR ``WIDTHxHEIGHT`` (video convention: ``320x180`` at x4 is a 720p
+output). Defaults per device:
+
+- CPU ``--quick``: 64x64, x4, fp32; eager, eager_cl, fused_torch (well under a minute);
+- CPU default: 64x64 and 128x72, x4 and x2, fp32; adds inductor;
+- CUDA ``--quick``: 320x180 and 960x540, x4, fp32 and fp16, every variant;
+- CUDA default: 256x256 (N=1 and N=8), 320x180, 480x270, 960x540; x4 and x2;
+  fp32, fp16 and bf16; every variant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import sys
+from typing import Any
+
+import torch
+
+from bcrn_fast.benchmarking.env import collect_environment, device_slug
+from bcrn_fast.benchmarking.harness import DTYPES, Bench, Case, Options, Row
+from bcrn_fast.benchmarking.report import load_report, make_report, markdown, plot, summary_lines, write_report
+from bcrn_fast.benchmarking.targets import MODULE_TARGETS, TARGETS
+from bcrn_fast.benchmarking.variants import ALL_VARIANTS, resolve_variants
+from bcrn_fast.model import MIN_SIZE, SCALES
+
+__all__ = ["add_arguments", "build_cases", "main", "parse_sizes", "run"]
+
+DEFAULT_SIZES = {
+    ("cpu", True): "64x64",
+    ("cpu", False): "64x64,128x72",
+    ("cuda", True): "320x180,960x540",
+    ("cuda", False): "256x256,320x180,480x270,960x540",
+}
+EXTRA_BATCH = {(256, 256): 8}  # default grid: also batch 8 at 256x256
+
+
+class UsageError(ValueError):
+    """A bad option value (reported with exit code 2)."""
+
+
+def parse_sizes(text: str) -> list[tuple[int, int]]:
+    """``"320x180,960x540"`` -> ``[(320, 180), (960, 540)]`` (width, height); each side >= 15."""
+    sizes = []
+    for item in (s.strip().lower() for s in text.split(",")):
+        if not item:
+            continue
+        parts = item.split("x")
+        if len(parts) != 2 or not all(p.isdigit() for p in parts):
+            raise UsageError(f"--sizes: {item!r} is not WIDTHxHEIGHT (e.g. 320x180)")
+        w, h = int(parts[0]), int(parts[1])
+        if w < MIN_SIZE or h < MIN_SIZE:
+            raise UsageError(f"--sizes: {item} is below the {MIN_SIZE}x{MIN_SIZE} minimum BCRN accepts")
+        sizes.append((w, h))
+    if not sizes:
+        raise UsageError("--sizes: no sizes given")
+    return sizes
+
+
+def _int_list(text: str, name: str) -> list[int]:
+    try:
+        values = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise UsageError(f"{name}: expected comma-separated integers, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise UsageError(f"{name}: expected positive integers, got {text!r}")
+    return values
+
+
+def _targets(text: str) -> list[str]:
+    out: list[str] = []
+    for item in (s.strip() for s in text.split(",") if s.strip()):
+        if item == "modules":
+            out.extend(MODULE_TARGETS)
+        elif item == "all":
+            out.extend(TARGETS)
+        elif item in TARGETS:
+            out.append(item)
+        else:
+            raise UsageError(f"--targets: unknown {item!r}; choose from {', '.join(TARGETS)}, modules, all")
+    return list(dict.fromkeys(out))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``bench`` options to ``parser``."""
+    g = parser.add_argument_group("what to run")
+    g.add_argument(
+        "--quick",
+        action="store_true",
+        help="small grid (CPU: 64x64 x4 fp32, eager vs fused torch, < 1 min; "
+        "CUDA: 320x180 and 960x540 x4, fp32+fp16, every variant)",
+    )
+    g.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
+    g.add_argument("--sizes", default=None, help="LR sizes WIDTHxHEIGHT, comma-separated (e.g. 320x180,960x540)")
+    g.add_argument(
+        "--scales", default=None, help=f"upscaling factors, comma-separated, from {SCALES} (default 4,2; quick 4)"
+    )
+    g.add_argument(
+        "--dtypes",
+        default=None,
+        help="fp32,fp16,bf16 (default: fp32 on CPU; all three on CUDA, fp32,fp16 with --quick)",
+    )
+    g.add_argument(
+        "--variants",
+        default=None,
+        help=f"comma list from {', '.join(ALL_VARIANTS)}, or all/default/quick/compile "
+        "(eager is always added: it is the baseline)",
+    )
+    g.add_argument("--batch", default=None, help="batch sizes, comma-separated (default 1, plus 8 at 256x256)")
+    g.add_argument(
+        "--targets",
+        default="model",
+        help=f"model and/or modules: {', '.join(TARGETS)}, 'modules' or 'all' (default model)",
+    )
+    g.add_argument(
+        "--weights",
+        default=None,
+        help="checkpoint file or folder with best_epoch_x{s}.pth (default: seeded random weights)",
+    )
+    g.add_argument("--seed", type=int, default=0, help="seed of the random weights and inputs")
+    t = parser.add_argument_group("how to time")
+    t.add_argument(
+        "--timing",
+        choices=("loop", "flush"),
+        default="loop",
+        help="CUDA: loop = back-to-back calls between events (launch overhead included); "
+        "flush = one call per event pair after an L2 flush",
+    )
+    t.add_argument(
+        "--budget-s",
+        type=float,
+        default=None,
+        help="stop starting new rows after this many seconds (they are reported SKIPPED)",
+    )
+    t.add_argument("--max-row-s", type=float, default=None, help="seconds of timing per row, at most")
+    t.add_argument("--no-profile", action="store_true", help="do not count kernels with torch.profiler")
+    t.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch.set_num_threads for CPU runs (on a shared machine 1 is often faster and steadier)",
+    )
+    o = parser.add_argument_group("output")
+    o.add_argument("--out", default=None, help="folder for <date>_<device>.json and .md (written after every row)")
+    o.add_argument("--plot", action="store_true", help="also write a PNG bar chart (needs matplotlib)")
+    o.add_argument("--from-json", default=None, metavar="JSON", help="print the table of an existing report and exit")
+
+
+def _resolve_device(text: str) -> torch.device:
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise UsageError(f"--device: unknown device {text!r}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise UsageError(f"--device: only cpu and cuda are supported, got {text!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: CUDA is not available on this machine")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def build_cases(args: argparse.Namespace, device_type: str) -> list[Case]:
+    """The grid: targets x scales x sizes x batches x dtypes (display order)."""
+    quick = bool(args.quick)
+    sizes = parse_sizes(args.sizes or DEFAULT_SIZES[(device_type, quick)])
+    scales = _int_list(args.scales or ("4" if quick else "4,2"), "--scales")
+    for s in scales:
+        if s not in SCALES:
+            raise UsageError(f"--scales: {s} is not one of {SCALES}")
+    if args.dtypes:
+        dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
+    elif device_type == "cpu":
+        dtypes = ["fp32"]
+    else:
+        dtypes = ["fp32", "fp16"] if quick else ["fp32", "fp16", "bf16"]
+    for d in dtypes:
+        if d not in DTYPES:
+            raise UsageError(f"--dtypes: {d!r} is not one of {', '.join(DTYPES)}")
+    explicit_batch = _int_list(args.batch, "--batch") if args.batch else None
+    cases: list[Case] = []
+    for target in _targets(args.targets):
+        for scale in scales if TARGETS[target].uses_scale else [None]:
+            for w, h in sizes:
+                batches = explicit_batch or [1] + ([EXTRA_BATCH[(w, h)]] if (w, h) in EXTRA_BATCH else [])
+                for b in batches:
+                    for d in dtypes:
+                        cases.append(Case(target, scale, w, h, b, d))
+    return list(dict.fromkeys(cases))
+
+
+def _config(args: argparse.Namespace, device: torch.device, variants: list[str], options: Options) -> dict[str, Any]:
+    timing_desc = (
+        "time.perf_counter per call under torch.inference_mode"
+        if device.type == "cpu"
+        else (
+            f"CUDA events around back-to-back calls from an idle GPU, inputs rotated over {options.n_buffers} buffers"
+            if options.timing == "loop"
+            else "CUDA events per call after a 256 MB L2 flush (do_bench style)"
+        )
+    )
+    return {
+        "argv": sys.argv[1:],
+        "quick": bool(args.quick),
+        "device": str(device),
+        "targets": args.targets,
+        "variants": variants,
+        "weights": args.weights,
+        "seed": args.seed,
+        "timing": options.timing,
+        "timing_desc": timing_desc + "; median and p20/p80 of the samples",
+        "budget_s": options.budget_s,
+        "n_buffers": options.n_buffers,
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the benchmark grid of ``args``, print the table; 0 ok, 1 a variant FAILED/ERROR, 2 bad args."""
+    if args.from_json:
+        try:
+            report = load_report(args.from_json)
+        except (OSError, ValueError) as exc:
+            print(f"bcrn-fast bench: cannot read {args.from_json}: {exc}", file=sys.stderr)
+            return 2
+        print(markdown(report))
+        return 0
+    try:
+        device = _resolve_device(args.device)
+        cases = build_cases(args, device.type)
+        variants = resolve_variants(args.variants, device.type, quick=bool(args.quick))
+    except (UsageError, ValueError) as exc:
+        print(f"bcrn-fast bench: {exc}", file=sys.stderr)
+        return 2
+
+    if args.threads is not None:
+        if args.threads < 1:
+            print("bcrn-fast bench: --threads must be >= 1", file=sys.stderr)
+            return 2
+        torch.set_num_threads(args.threads)
+    options = Options.quick() if args.quick else Options()
+    options.device = device
+    options.seed = args.seed
+    options.weights = args.weights
+    options.timing = args.timing
+    options.budget_s = args.budget_s
+    options.profile = not args.no_profile
+    if args.max_row_s is not None:
+        options.max_row_s = args.max_row_s
+
+    env = collect_environment(device)
+    config = _config(args, device, variants, options)
+    stem = _dt.datetime.now().strftime("%Y-%m-%d_%H%M%S") + "_" + device_slug(env)
+    total = len(cases) * len(variants)
+    print(
+        f"bcrn-fast bench on {env['device_name']}: {len(cases)} cases x {len(variants)} variants = {total} rows "
+        f"(torch {env['torch']}, triton {env['triton']})",
+        file=sys.stderr,
+        flush=True,
+    )
+
+    def on_row(row: Row, done: list[Row]) -> None:
+        case = Case(row.target, row.scale, row.width, row.height, row.batch, row.dtype)
+        if row.kernels_per_fwd is not None:  # the profiling pass after all timings
+            print(
+                f"[profile] {case.label()} {row.variant}: {row.kernels_per_fwd} kernels, "
+                f"{row.launch_calls_per_fwd} launch calls per forward",
+                file=sys.stderr,
+                flush=True,
+            )
+        else:
+            timing = f"{row.median_ms:.3f} ms" if row.median_ms is not None else (row.reason or "")
+            print(
+                f"[{len(done)}/{total}] {case.label()} {row.variant}: {row.status} {timing}",
+                file=sys.stderr,
+                flush=True,
+            )
+        if args.out:
+            write_report(make_report(done, env, config, complete=False), args.out, stem)
+
+    rows = Bench(options).run(cases, variants, on_row=on_row)
+    report = make_report(rows, env, config, complete=True)
+    if args.out:
+        json_path, md_path = write_report(report, args.out, stem)
+        print(f"wrote {json_path} and {md_path}", file=sys.stderr)
+        if args.plot:
+            png = plot(report, md_path.with_suffix(".png"))
+            print(f"wrote {png}" if png else "--plot: matplotlib is not installed, no plot", file=sys.stderr)
+    print(markdown(report))
+    for line in summary_lines(report):
+        print(line, file=sys.stderr)
+    bad = [r for r in rows if r.status in ("FAILED", "ERROR")]
+    return 1 if bad else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bcrn-fast bench", description=__doc__.splitlines()[0].replace("``", ""))
+    add_arguments(parser)
+    return run(parser.parse_args(argv))

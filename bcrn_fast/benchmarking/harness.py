@@ -1,0 +1,492 @@
+"""The benchmark harness: build, verify, then (and only then) time.
+
+For every row (target, scale, LR size, batch, dtype, variant):
+
+1. skip with a reason if the variant cannot run here (device, missing backend,
+   half precision on a CPU, time budget);
+2. build it from a private copy of the fp32 reference weights; the build and
+   the first call are timed together as ``compile_s`` (JIT, autotuning,
+   graph capture all happen there);
+3. **verify**: the first call's output and the output after warm-up are
+   compared with the fp32 eager reference (TF32 off) by relative Frobenius
+   error; above the dtype's tolerance the row is FAILED and never timed, and
+   an exception anywhere makes it ERROR;
+4. time it (:mod:`bcrn_fast.benchmarking.timing`), rotating input buffers;
+   measure peak memory over the warm-up calls;
+5. (CUDA) after every row is timed, rebuild the OK variants and count the
+   kernels of one forward with ``torch.profiler`` (a separate pass, so the
+   profiler never runs before a timing).
+
+Speedups, GB/s, TFLOP/s and the roofline fraction are derived from the rows
+by :mod:`bcrn_fast.benchmarking.report`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from bcrn_fast.benchmarking import timing
+from bcrn_fast.benchmarking.costs import target_traffic
+from bcrn_fast.benchmarking.targets import TARGETS, load_weights, resolve_weights_file
+from bcrn_fast.benchmarking.variants import VARIANTS, BuildContext, Prepared
+
+__all__ = [
+    "DTYPES",
+    "STATUSES",
+    "TOLERANCE",
+    "Bench",
+    "Case",
+    "Options",
+    "Row",
+    "VerificationError",
+    "count_launch_events",
+    "fp32_strict",
+    "rel_error",
+]
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# ||y - ref|| / ||ref|| allowed vs the fp32 eager reference, per storage dtype.
+TOLERANCE = {"fp32": 1e-4, "fp16": 5e-3, "bf16": 2e-2}
+STATUSES = ("OK", "FAILED", "ERROR", "SKIPPED")
+_LAUNCH_APIS = (
+    "cudaLaunchKernel",
+    "cudaLaunchKernelExC",
+    "cuLaunchKernel",
+    "cuLaunchKernelEx",
+    "cudaLaunchCooperativeKernel",
+    "cudaGraphLaunch",
+    "cuGraphLaunch",
+)
+
+
+class VerificationError(AssertionError):
+    """A variant's output is not the reference's (wrong shape, non-finite, or over tolerance)."""
+
+
+@dataclass(frozen=True)
+class Case:
+    """One benchmark configuration; sizes are LR ``width x height`` (video convention)."""
+
+    target: str
+    scale: int | None
+    width: int
+    height: int
+    batch: int
+    dtype: str
+
+    @property
+    def input_key(self) -> tuple[str, int, int, int]:
+        return (self.target, self.width, self.height, self.batch)
+
+    @property
+    def reference_key(self) -> tuple[str, int | None, int, int, int]:
+        return (self.target, self.scale, self.width, self.height, self.batch)
+
+    def label(self) -> str:
+        scale = f"x{self.scale} " if self.scale else ""
+        return f"{self.target} {scale}{self.width}x{self.height} N={self.batch} {self.dtype}"
+
+
+@dataclass
+class Options:
+    """How to run: device, seeds, time limits, timing method."""
+
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    seed: int = 0
+    weights: str | None = None  # checkpoint file or folder for the model target; None = random
+    n_buffers: int = 4  # input buffers to rotate through
+    timing: str = "loop"  # GPU: "loop" or "flush" (see timing.py)
+    warmup: int = 3  # calls after the first one, before verification and timing
+    reps: int = 25  # GPU samples per row (upper bound)
+    target_sample_ms: float = 20.0  # GPU: calls per sample so one sample lasts about this long
+    max_row_s: float = 2.0  # time spent timing one row, at most (about)
+    cpu_reps: int = 10  # CPU samples per row (upper bound)
+    profile: bool = True  # count kernels per forward with torch.profiler (CUDA)
+    budget_s: float | None = None  # whole-run limit: later rows are SKIPPED once it is spent
+
+    @classmethod
+    def quick(cls, **kw: Any) -> Options:
+        base = {"warmup": 1, "reps": 10, "max_row_s": 1.0, "cpu_reps": 5}
+        base.update(kw)
+        return cls(**base)
+
+
+@dataclass
+class Row:
+    """One result row; ``to_dict`` is the JSON schema (report.ROW_KEYS)."""
+
+    target: str
+    scale: int | None
+    width: int
+    height: int
+    batch: int
+    dtype: str
+    variant: str
+    status: str = "SKIPPED"
+    reason: str | None = None
+    rel_error: float | None = None
+    tolerance: float | None = None
+    median_ms: float | None = None
+    p20_ms: float | None = None
+    p80_ms: float | None = None
+    samples: int | None = None
+    calls_per_sample: int | None = None
+    timing_method: str | None = None
+    images_per_s: float | None = None
+    out_mpix_per_s: float | None = None
+    compile_s: float | None = None
+    peak_mem_mb: float | None = None
+    kernels_per_fwd: int | None = None
+    launch_calls_per_fwd: int | None = None
+    macs: int | None = None
+    flops: int | None = None
+    bytes: int | None = None
+    weights: str | None = None
+
+    @classmethod
+    def for_case(cls, case: Case, variant: str) -> Row:
+        return cls(case.target, case.scale, case.width, case.height, case.batch, case.dtype, variant)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@contextlib.contextmanager
+def fp32_strict() -> Iterator[None]:
+    """TF32 off for matmuls and cuDNN convs (fp32 means IEEE fp32), restored afterwards.
+
+    Uses the legacy ``allow_tf32`` flags (what Inductor reads); if this torch
+    refuses them (mixing with the ``fp32_precision`` API raises in torch >= 2.9),
+    sets ``fp32_precision = "ieee"`` instead.
+    """
+    saved: list[tuple[Any, str, Any]] = []
+
+    def setflag(obj: Any, attr: str, value: Any) -> bool:
+        try:
+            saved.append((obj, attr, getattr(obj, attr)))
+            setattr(obj, attr, value)
+        except (RuntimeError, AttributeError):
+            return False
+        return True
+
+    if not (
+        setflag(torch.backends.cuda.matmul, "allow_tf32", False) and setflag(torch.backends.cudnn, "allow_tf32", False)
+    ):
+        setflag(torch.backends.cuda.matmul, "fp32_precision", "ieee")
+        setflag(getattr(torch.backends.cudnn, "conv", None), "fp32_precision", "ieee")
+    precision = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(precision)
+        for obj, attr, value in reversed(saved):
+            with contextlib.suppress(RuntimeError, AttributeError):
+                setattr(obj, attr, value)
+
+
+def rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """``||out - ref||_F / ||ref||_F`` in float64; inf if ``out`` is not finite."""
+    o = out.detach().to(torch.float64)
+    r = ref.detach().to(device=o.device, dtype=torch.float64)
+    if not bool(torch.isfinite(o).all()):
+        return float("inf")
+    denom = float(r.norm()) or 1.0
+    return float((o - r).norm()) / denom
+
+
+def check_output(out: Any, ref: torch.Tensor, dtype: str) -> float:
+    """Return the relative error of ``out`` vs ``ref``; raise :class:`VerificationError` if wrong."""
+    if not isinstance(out, torch.Tensor):
+        raise VerificationError(f"returned {type(out).__name__}, not a tensor")
+    if tuple(out.shape) != tuple(ref.shape):
+        raise VerificationError(f"output shape {tuple(out.shape)} != reference {tuple(ref.shape)}")
+    if out.dtype != DTYPES[dtype]:
+        raise VerificationError(f"output dtype {out.dtype} != {DTYPES[dtype]}")
+    err = rel_error(out, ref)
+    tol = TOLERANCE[dtype]
+    if not err <= tol:
+        raise VerificationError(f"relative error {err:.3e} > tolerance {tol:.0e}")
+    return err
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _count_launches(fn: Callable[[torch.Tensor], Any], x: torch.Tensor) -> tuple[int | None, int | None]:
+    """``(GPU kernels, host launch API calls)`` in one forward, from torch.profiler (CUDA only)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize(x.device)
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        fn(x)
+        torch.cuda.synchronize(x.device)
+    return count_launch_events(prof.events())
+
+
+def count_launch_events(events: Iterable[Any]) -> tuple[int, int]:
+    """``(GPU kernels, host launch API calls)`` among profiler ``FunctionEvent``s.
+
+    Kernels are device-side (``DeviceType.CUDA``) events other than memcpy and
+    memset; launch calls are CPU-side runtime/driver launch APIs (a CUDA-graph
+    replay is one ``cudaGraphLaunch`` however many kernels it runs).
+    """
+    from torch.autograd import DeviceType
+
+    kernels = launches = 0
+    for ev in events:
+        name = getattr(ev, "name", "") or ""
+        if getattr(ev, "device_type", None) == DeviceType.CUDA:
+            if not name.startswith(("Memcpy", "Memset", "[memory]")):
+                kernels += 1
+        elif name in _LAUNCH_APIS:
+            launches += 1
+    return kernels, launches
+
+
+class Bench:
+    """Holds the reference models, inputs and reference outputs shared by all rows of a run."""
+
+    def __init__(self, options: Options | None = None) -> None:
+        self.options = options or Options()
+        self.device = self.options.device
+        self._references: dict[tuple[str, int | None], tuple[torch.nn.Module, str]] = {}
+        self._base_inputs: dict[tuple[str, int, int, int], list[torch.Tensor]] = {}
+        self._inputs: dict[tuple[tuple[str, int, int, int], str], list[torch.Tensor]] = {}
+        self._ref_out: dict[tuple[str, int | None, int, int, int], torch.Tensor] = {}
+        self.timer_calls = 0  # how many rows reached the timer (tests check FAILED rows never do)
+
+    # ------------------------------------------------------------------ shared state
+    def reference(self, case: Case) -> tuple[torch.nn.Module, str]:
+        """The fp32 reference module for ``case`` on the device, and where its weights came from."""
+        key = (case.target, case.scale)
+        if key not in self._references:
+            target = TARGETS[case.target]
+            module = target.reference(case.scale, self.options.seed)
+            source = f"random(seed={self.options.seed})"
+            if case.target == "model":
+                path = resolve_weights_file(self.options.weights, case.scale or 4)
+                if path is not None:
+                    load_weights(module, path)
+                    source = path.name
+            self._references[key] = (module.to(self.device), source)
+        return self._references[key]
+
+    def inputs(self, case: Case) -> list[torch.Tensor]:
+        """``n_buffers`` distinct inputs of ``case`` in its dtype on the device (buffer 0 is verified)."""
+        key = (case.input_key, case.dtype)
+        if key not in self._inputs:
+            if case.input_key not in self._base_inputs:
+                target = TARGETS[case.target]
+                self._base_inputs[case.input_key] = [
+                    target.make_input(case.batch, case.height, case.width, self.options.seed + 1000 + i)
+                    for i in range(self.options.n_buffers)
+                ]
+            self._inputs[key] = [x.to(self.device, DTYPES[case.dtype]) for x in self._base_inputs[case.input_key]]
+        return self._inputs[key]
+
+    def reference_output(self, case: Case) -> torch.Tensor:
+        """fp32 eager output on input buffer 0 (TF32 off): what every variant is checked against."""
+        key = case.reference_key
+        if key not in self._ref_out:
+            module, _ = self.reference(case)
+            x = self._base_inputs_for(case)[0].to(self.device, torch.float32)
+            with fp32_strict(), torch.inference_mode():
+                self._ref_out[key] = module(x).detach()
+        return self._ref_out[key]
+
+    def _base_inputs_for(self, case: Case) -> list[torch.Tensor]:
+        self.inputs(case)
+        return self._base_inputs[case.input_key]
+
+    # ------------------------------------------------------------------ one row
+    def skip_reason(self, case: Case, variant: str) -> str | None:
+        if variant not in VARIANTS:
+            return f"unknown variant {variant!r}"
+        if case.dtype not in DTYPES:
+            return f"unknown dtype {case.dtype!r}"
+        if self.device.type == "cpu" and case.dtype != "fp32":
+            return "half precision is benchmarked on CUDA only"
+        return VARIANTS[variant].unavailable(TARGETS[case.target], self.device)
+
+    def prepare(self, case: Case, variant: str, row: Row | None = None) -> tuple[Prepared, Row]:
+        """Build ``variant`` for ``case``, verify it, warm it up; fill ``row`` (status OK) and return it.
+
+        Raises :class:`VerificationError` (row FAILED) or any build/run error
+        (row ERROR); the row's fields are filled as far as they got.
+        """
+        row = row or Row.for_case(case, variant)
+        opts, device = self.options, self.device
+        row.tolerance = TOLERANCE[case.dtype]
+        ref_module, row.weights = self.reference(case)
+        ref = self.reference_output(case)
+        xs = self.inputs(case)
+        ctx = BuildContext(TARGETS[case.target], ref_module, device, DTYPES[case.dtype], xs[0])
+
+        _sync(device)
+        t0 = time.perf_counter()
+        prepared = VARIANTS[variant].build(ctx)
+        y = prepared.fn(xs[0])
+        _sync(device)
+        row.compile_s = time.perf_counter() - t0
+        err_first = check_output(y, ref, case.dtype)
+        del y
+
+        peak = None
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+            base = torch.cuda.memory_allocated(device)
+        for i in range(opts.warmup):
+            prepared.fn(xs[(i + 1) % len(xs)])
+        _sync(device)
+        if device.type == "cuda":
+            peak = torch.cuda.max_memory_allocated(device) - base
+        if prepared.peak_bytes is not None:
+            peak = prepared.peak_bytes if peak is None else max(peak, prepared.peak_bytes)
+        if peak is not None:
+            row.peak_mem_mb = peak / 2**20
+
+        y = prepared.fn(xs[0])  # what gets timed is what was verified (graphs replay here)
+        _sync(device)
+        row.rel_error = max(err_first, check_output(y, ref, case.dtype))
+        del y
+        row.status, row.reason = "OK", None
+        return prepared, row
+
+    def time_prepared(self, case: Case, prepared: Prepared, row: Row) -> Row:
+        """Time a verified variant and fill the timing fields of ``row``."""
+        if row.status != "OK":
+            raise RuntimeError("refusing to time a variant that did not pass verification")
+        self.timer_calls += 1
+        opts, device = self.options, self.device
+        xs = self.inputs(case)
+        est = timing.wall_ms(prepared.fn, xs[1 % len(xs)], device)
+        if device.type == "cuda":
+            reps, inner = timing.plan(
+                est, target_sample_ms=opts.target_sample_ms, reps=opts.reps, max_row_s=opts.max_row_s
+            )
+            res = timing.time_cuda(prepared.fn, xs, reps=reps, inner=inner, method=opts.timing)
+        else:
+            reps, _ = timing.plan(est, target_sample_ms=0.0, reps=opts.cpu_reps, max_row_s=opts.max_row_s)
+            res = timing.time_cpu(prepared.fn, xs, reps=reps)
+        row.median_ms, row.p20_ms, row.p80_ms = res.median_ms, res.p20_ms, res.p80_ms
+        row.samples, row.calls_per_sample, row.timing_method = len(res.samples_ms), res.inner, res.method
+        row.images_per_s = case.batch * 1e3 / res.median_ms
+        out_px = TARGETS[case.target].output_pixels(case.height, case.width, case.scale)
+        row.out_mpix_per_s = case.batch * out_px / 1e6 * 1e3 / res.median_ms
+        return row
+
+    def profile_row(self, case: Case, row: Row) -> None:
+        """Fill ``kernels_per_fwd`` / ``launch_calls_per_fwd`` of a timed row (CUDA).
+
+        The variant is rebuilt (and re-verified) for this: profiling runs in
+        a separate pass after every row was timed, because a CUPTI session can
+        leave callbacks behind that slow later launches. Never raises.
+        """
+        if self.device.type != "cuda" or row.status != "OK":
+            return
+        prepared = None
+        try:
+            with fp32_strict(), torch.inference_mode():
+                prepared, _ = self.prepare(case, row.variant)
+                row.kernels_per_fwd, row.launch_calls_per_fwd = _count_launches(prepared.fn, self.inputs(case)[0])
+        except Exception:  # the profiler is a nice-to-have; never lose a row to it
+            row.kernels_per_fwd = row.launch_calls_per_fwd = None
+        finally:
+            del prepared
+            self._release()
+
+    def _fill_costs(self, case: Case, row: Row) -> None:
+        target = TARGETS[case.target]
+        row.macs = target.macs(case.height, case.width, case.scale, case.batch)
+        row.flops = 2 * row.macs
+        params = sum(p.numel() for p in self.reference(case)[0].parameters())
+        row.bytes = target_traffic(
+            case.target, case.height, case.width, case.scale, case.batch, case.dtype, params=params
+        ).bytes
+
+    def run_one(self, case: Case, variant: str, deadline: float | None = None) -> Row:
+        """Skip, or build + verify + time one row. Never raises for a variant's own failure."""
+        row = Row.for_case(case, variant)
+        reason = self.skip_reason(case, variant)
+        if reason is None and deadline is not None:
+            left = deadline - time.monotonic()
+            need = VARIANTS[variant].est_build_s + 2 * self.options.max_row_s
+            if left < need:
+                reason = f"time budget: {max(left, 0):.0f} s left, this variant needs ~{need:.0f} s"
+        if reason is not None:
+            row.status, row.reason = "SKIPPED", reason
+            return row
+        self._fill_costs(case, row)
+        prepared = None
+        try:
+            with fp32_strict(), torch.inference_mode():
+                prepared, row = self.prepare(case, variant, row)
+                self.time_prepared(case, prepared, row)
+        except VerificationError as exc:
+            row.status, row.reason = "FAILED", str(exc)
+        except Exception as exc:
+            row.status, row.reason = "ERROR", f"{type(exc).__name__}: {_one_line(exc)}"
+        finally:
+            del prepared
+            self._release()
+        if row.status != "OK":
+            for name in ("median_ms", "p20_ms", "p80_ms", "images_per_s", "out_mpix_per_s"):
+                setattr(row, name, None)
+        return row
+
+    def _release(self) -> None:
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def run(
+        self, cases: Sequence[Case], variants: Sequence[str], on_row: Callable[[Row, list[Row]], None] | None = None
+    ) -> list[Row]:
+        """All rows of ``cases`` x ``variants``, in display order.
+
+        Execution order is cheap variants first (tier 0 for every case, then
+        the compiles, then the long autotuning), so a time budget cuts the
+        expensive rows, not the baselines. ``on_row(row, rows_done)`` is called
+        after each row (used to write partial reports).
+        """
+        jobs = [(case, v) for case in cases for v in variants]
+
+        def tier(i: int) -> int:
+            v = VARIANTS.get(jobs[i][1])
+            return v.tier if v is not None else 0
+
+        run_order = sorted(range(len(jobs)), key=lambda i: (tier(i), i))
+        deadline = None if self.options.budget_s is None else time.monotonic() + self.options.budget_s
+        done: dict[int, Row] = {}
+        for i in run_order:
+            case, variant = jobs[i]
+            done[i] = self.run_one(case, variant, deadline)
+            if on_row is not None:
+                on_row(done[i], [done[k] for k in sorted(done)])
+        rows = [done[i] for i in range(len(jobs))]
+        if self.device.type == "cuda" and self.options.profile:  # kernel counts last: never perturbs a timing
+            for i in run_order:
+                case, row = jobs[i][0], done[i]
+                if row.status != "OK":
+                    continue
+                if deadline is not None and deadline - time.monotonic() < VARIANTS[row.variant].est_build_s:
+                    continue
+                self.profile_row(case, row)
+                if on_row is not None:
+                    on_row(row, rows)
+        return rows
+
+
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."

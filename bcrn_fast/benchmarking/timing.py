@@ -1,0 +1,130 @@
+"""Timers: CUDA events on a GPU, ``time.perf_counter`` on a CPU; median and p20/p80.
+
+GPU method (``loop``, the default): each sample is one CUDA-event interval
+around ``inner`` back-to-back calls that start from an idle device
+(synchronised before the start event), divided by ``inner``. Back-to-back
+calls keep the launch overhead in the number, as a user running the model in
+a loop sees it. Calls rotate through several input buffers so no input stays
+hot in L2. ``flush`` mode instead times every call alone between two events
+after overwriting a 256 MB buffer (L2 flushed, flush not timed) — the
+``triton.testing.do_bench`` method, which can hide launch overhead behind the
+flush. Warm-up calls are never timed; compilation is measured elsewhere.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+__all__ = ["TimingResult", "plan", "quantile", "summarize", "time_cpu", "time_cuda", "wall_ms"]
+
+Fn = Callable[[torch.Tensor], object]
+
+
+def quantile(values: Sequence[float], q: float) -> float:
+    """Linear-interpolated quantile ``q`` in [0, 1] of ``values`` (numpy's default method)."""
+    if not values:
+        raise ValueError("quantile of no values")
+    s = sorted(values)
+    pos = q * (len(s) - 1)
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+
+@dataclass
+class TimingResult:
+    """Per-call milliseconds: median, p20, p80 over ``samples`` (each the mean of ``inner`` calls)."""
+
+    samples_ms: list[float]
+    inner: int
+    method: str
+    median_ms: float = field(init=False)
+    p20_ms: float = field(init=False)
+    p80_ms: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.median_ms = statistics.median(self.samples_ms)
+        self.p20_ms = quantile(self.samples_ms, 0.2)
+        self.p80_ms = quantile(self.samples_ms, 0.8)
+
+
+def summarize(samples_ms: list[float], inner: int = 1, method: str = "given") -> TimingResult:
+    return TimingResult(list(samples_ms), inner, method)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def wall_ms(fn: Fn, x: torch.Tensor, device: torch.device) -> float:
+    """Wall-clock milliseconds of one synchronised call (warm-up estimates, compile time)."""
+    _sync(device)
+    t0 = time.perf_counter()
+    fn(x)
+    _sync(device)
+    return (time.perf_counter() - t0) * 1e3
+
+
+def plan(
+    est_ms: float, *, target_sample_ms: float, reps: int, max_row_s: float, max_inner: int = 200
+) -> tuple[int, int]:
+    """``(reps, inner)`` so a sample lasts ~``target_sample_ms`` and the row ~``max_row_s`` at most."""
+    est_ms = max(est_ms, 1e-3)
+    inner = max(1, min(max_inner, math.ceil(target_sample_ms / est_ms)))
+    affordable = int(max_row_s * 1e3 / (est_ms * inner))
+    return max(3, min(reps, affordable)), inner
+
+
+def time_cuda(fn: Fn, inputs: Sequence[torch.Tensor], *, reps: int, inner: int, method: str = "loop") -> TimingResult:
+    """CUDA-event timing of ``fn`` rotating over ``inputs`` (see the module docstring)."""
+    device = inputs[0].device
+    n = len(inputs)
+    idx = 0
+    samples: list[float] = []
+    if method == "loop":
+        for _ in range(reps):
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize(device)
+            start.record()
+            for _ in range(inner):
+                fn(inputs[idx % n])
+                idx += 1
+            end.record()
+            end.synchronize()
+            samples.append(start.elapsed_time(end) / inner)
+        return TimingResult(samples, inner, "cuda-events loop")
+    if method == "flush":
+        scratch = torch.empty(256 * 2**20 // 4, dtype=torch.int32, device=device)
+        events = []
+        for _ in range(reps * inner):
+            scratch.zero_()  # evict L2 (50 MB on H100/H200); not inside the timed interval
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn(inputs[idx % n])
+            idx += 1
+            end.record()
+            events.append((start, end))
+        torch.cuda.synchronize(device)
+        samples = [s.elapsed_time(e) for s, e in events]
+        return TimingResult(samples, 1, "cuda-events flush-L2")
+    raise ValueError(f"timing method must be 'loop' or 'flush', got {method!r}")
+
+
+def time_cpu(fn: Fn, inputs: Sequence[torch.Tensor], *, reps: int) -> TimingResult:
+    """``time.perf_counter`` per call, rotating over ``inputs`` (call under ``torch.inference_mode``)."""
+    samples = []
+    for i in range(reps):
+        x = inputs[i % len(inputs)]
+        t0 = time.perf_counter()
+        fn(x)
+        samples.append((time.perf_counter() - t0) * 1e3)
+    return TimingResult(samples, 1, "perf_counter")

@@ -1,0 +1,97 @@
+"""Helpers shared by the fused operators: backends, precision, launch settings."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+BACKENDS = ("auto", "triton", "torch")
+PRECISIONS = ("ieee", "tf32")
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+# Activation codes shared by kernels and torch backends.
+ACT_NONE, ACT_RELU, ACT_GELU = 0, 1, 2
+
+
+# Set by bcrn_fast.aot while it records launches to compile them ahead of time.
+AOT_RECORDING = False
+
+
+def interpreter_enabled() -> bool:
+    """True when Triton runs kernels on the CPU through its interpreter."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def triton_can_run(device: torch.device) -> bool:
+    """Whether the Triton kernels can execute on tensors of ``device``."""
+    if not triton_available():
+        return False
+    if device.type == "cuda" or AOT_RECORDING:
+        return True
+    return device.type == "cpu" and interpreter_enabled()
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """Map ``auto`` to a concrete backend and check an explicit choice can run."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        return "triton" if device.type == "cuda" and triton_available() else "torch"
+    if backend == "triton" and not triton_can_run(device):
+        raise RuntimeError(
+            f"backend='triton' cannot run on {device}: Triton needs a CUDA device, "
+            "or TRITON_INTERPRET=1 for CPU tensors (interpreter, for testing)"
+        )
+    return backend
+
+
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS} (fp32 dots), got {precision!r}")
+    return precision
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Dtype of the GEMM operands: half storage stays half, everything else fp32."""
+    return dtype if dtype in HALF_DTYPES else torch.float32
+
+
+def check_kernel_dtype(x: torch.Tensor, name: str = "input") -> None:
+    if x.dtype not in KERNEL_DTYPES:
+        raise TypeError(f"{name}: fused kernels take float32, float16 or bfloat16, got {x.dtype}")
+
+
+def empty_nhwc(n: int, c: int, h: int, w: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """An ``[N, C, H, W]`` tensor stored channels-last (NHWC), the internal layout."""
+    return torch.empty((n, c, h, w), dtype=dtype, device=device, memory_format=torch.channels_last)
+
+
+def next_pow2(n: int, minimum: int = 16) -> int:
+    """Smallest power of two >= max(n, minimum) (tl.dot needs dims >= 16)."""
+    p = minimum
+    while p < n:
+        p *= 2
+    return p
+
+
+def pixel_block(hw: int, channels: int) -> tuple[int, int]:
+    """The one launch heuristic: pixels per program and warps, from the map size.
+
+    A program owns ``BLOCK_P`` pixels of one image times all channels; keep the
+    ``[BLOCK_P, C]`` fp32 tile near 8K elements so it lives in registers.
+    """
+    block = 128 if channels <= 64 else 64
+    while block > 16 and block >= 2 * hw:
+        block //= 2
+    warps = 4
+    return block, warps

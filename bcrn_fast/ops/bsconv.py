@@ -1,0 +1,437 @@
+"""Fused BSConvU: pointwise 1x1 + depthwise KxK (+ scale on load, activation,
+residual, pixel-shuffle store) in one launch.
+
+    y[n, o, q] = act(b[o] + Σ_tap dw[tap, o] · Σ_i pw_t[i, o] · s[n, i] · x[n, i, q·stride − pad + tap]) + res[n, o, q]
+
+with zero padding outside the image; when ``shuffle = r > 1`` channel
+``o = c·r² + i·r + j`` of pixel ``q`` lands at ``y[n, c, r·qh + i, r·qw + j]``
+(``nn.PixelShuffle(r)``) and ``res`` is given in that output layout.
+
+Layers: the Triton kernel (``bcrn_fast.kernels.bsconv``), its launcher
+:func:`bsconv_triton`, the PyTorch backend :func:`bsconv_torch` (the same
+dataflow in PyTorch ops), the custom op ``bcrn_fast::bsconv`` dispatching
+between them, the checked entry points :func:`bsconv` / :func:`bsconv_packed`
+and the weight packing :func:`pack_bsconv` / :func:`pack_upsampler`.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bcrn_fast.ops import _common
+from bcrn_fast.validation import InputError
+
+__all__ = [
+    "BSConvPack",
+    "bsconv",
+    "bsconv_packed",
+    "bsconv_torch",
+    "bsconv_triton",
+    "pack_bsconv",
+    "pack_upsampler",
+]
+
+ACTS = (_common.ACT_NONE, _common.ACT_RELU, _common.ACT_GELU)
+
+
+# --------------------------------------------------------------------------- packing
+
+
+class BSConvPack(NamedTuple):
+    """Packed weights of one BSConvU (or the upsampler), built once per weight version."""
+
+    pw_t: torch.Tensor  # [Cin, Cout] compute dtype: pointwise weight, transposed
+    dw: torch.Tensor  # [K*K, Cout] fp32: depthwise taps, tap = kh*K + kw
+    bias: torch.Tensor  # [Cout] fp32: depthwise bias (zeros when the module has none)
+    ksize: int
+    stride: int
+    padding: int
+    shuffle: int = 0  # pixel-shuffle factor of the store (0 = none)
+
+
+def _pair_value(v: int | tuple[int, ...], what: str) -> int:
+    if isinstance(v, tuple):
+        if len(set(v)) != 1:
+            raise InputError(f"{what} must be the same along height and width, got {v}")
+        return int(v[0])
+    return int(v)
+
+
+@torch.no_grad()
+def _pack_pw_dw(pw: nn.Conv2d, dw: nn.Conv2d, dtype: torch.dtype, shuffle: int = 0) -> BSConvPack:
+    if not isinstance(pw, nn.Conv2d) or not isinstance(dw, nn.Conv2d):
+        raise InputError(
+            f"expected (pointwise Conv2d, depthwise Conv2d), got ({type(pw).__name__}, {type(dw).__name__})"
+        )
+    if tuple(pw.kernel_size) != (1, 1) or pw.groups != 1 or _pair_value(pw.stride, "pw stride") != 1:
+        raise InputError(f"pointwise conv must be a 1x1, stride-1, groups=1 Conv2d, got {pw}")
+    if pw.bias is not None:
+        raise InputError(
+            "pointwise conv must have no bias (BSConvU's pw has bias=False); its bias does not fold exactly"
+        )
+    cin, cout = pw.in_channels, pw.out_channels
+    if dw.in_channels != cout or dw.out_channels != cout or dw.groups != cout:
+        raise InputError(f"depthwise conv must be Conv2d({cout}, {cout}, groups={cout}), got {dw}")
+    if dw.padding_mode != "zeros" or _pair_value(dw.dilation, "dw dilation") != 1:
+        raise InputError(f"depthwise conv must use zero padding and dilation 1, got {dw}")
+    if isinstance(dw.padding, str):
+        raise InputError(f"depthwise conv padding must be an int, got {dw.padding!r}")
+    k = _pair_value(dw.kernel_size, "dw kernel_size")
+    stride = _pair_value(dw.stride, "dw stride")
+    padding = _pair_value(dw.padding, "dw padding")
+    # exact algebra (transposes only) in float64, then cast
+    pw_t = pw.weight.detach().double().reshape(cout, cin).t()
+    taps = dw.weight.detach().double().reshape(cout, k * k).t()
+    bias = dw.bias.detach().double() if dw.bias is not None else torch.zeros(cout, dtype=torch.float64)
+    return BSConvPack(
+        pw_t=pw_t.to(_common.compute_dtype(dtype)).contiguous(),
+        dw=taps.float().contiguous(),
+        bias=bias.float().to(pw.weight.device).contiguous(),
+        ksize=k,
+        stride=stride,
+        padding=padding,
+        shuffle=shuffle,
+    )
+
+
+def pack_bsconv(module: nn.Module | tuple[nn.Conv2d, nn.Conv2d], dtype: torch.dtype = torch.float32) -> BSConvPack:
+    """Pack a ``bsconv.pytorch.BSConvU`` (or a ``(pw, dw)`` Conv2d pair) for storage ``dtype``."""
+    if isinstance(module, tuple):
+        pw, dw = module
+    elif hasattr(module, "pw") and hasattr(module, "dw"):
+        pw, dw = module.pw, module.dw
+    else:
+        raise InputError(f"pack_bsconv expects a BSConvU or a (pw, dw) Conv2d pair, got {type(module).__name__}")
+    return _pack_pw_dw(pw, dw, dtype)
+
+
+def pack_upsampler(module: nn.Sequential, dtype: torch.dtype = torch.float32) -> BSConvPack:
+    """Pack BCRN's ``upsample_block`` = ``Sequential(pw 1x1, dw 3x3 + bias, PixelShuffle(r))``."""
+    if not isinstance(module, nn.Sequential) or len(module) != 3 or not isinstance(module[2], nn.PixelShuffle):
+        raise InputError(f"pack_upsampler expects Sequential(Conv2d, Conv2d, PixelShuffle), got {module}")
+    r = int(module[2].upscale_factor)
+    pack = _pack_pw_dw(module[0], module[1], dtype, shuffle=r)
+    if pack.pw_t.shape[1] % (r * r):
+        raise InputError(f"upsampler channels {pack.pw_t.shape[1]} are not divisible by shuffle² = {r * r}")
+    return pack
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _out_hw(h: int, w: int, ksize: int, stride: int, padding: int) -> tuple[int, int]:
+    return (h + 2 * padding - ksize) // stride + 1, (w + 2 * padding - ksize) // stride + 1
+
+
+def _out_shape(x: torch.Tensor, cout: int, ksize: int, stride: int, padding: int, shuffle: int) -> tuple[int, ...]:
+    n, _, h, w = x.shape
+    ho, wo = _out_hw(h, w, ksize, stride, padding)
+    r = max(shuffle, 1)
+    return (n, cout // (r * r), ho * r, wo * r)
+
+
+def _alloc_out(x: torch.Tensor, cout: int, ksize: int, stride: int, padding: int, shuffle: int) -> torch.Tensor:
+    """The op's output: channels-last, except the pixel-shuffled map (NCHW contiguous)."""
+    shape = _out_shape(x, cout, ksize, stride, padding, shuffle)
+    if shuffle > 1:
+        return torch.empty(shape, dtype=x.dtype, device=x.device)
+    return _common.empty_nhwc(*shape, dtype=x.dtype, device=x.device)
+
+
+def _check_tensor(t: torch.Tensor, name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise InputError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    if tuple(t.shape) != tuple(shape):
+        raise InputError(f"{name}: expected shape {tuple(shape)}, got {tuple(t.shape)}")
+    if t.dtype != dtype:
+        raise InputError(f"{name}: expected dtype {dtype}, got {t.dtype}")
+    if t.device != device:
+        raise InputError(f"{name} is on {t.device} but the input is on {device}; move them to one device")
+
+
+def check_bsconv_args(
+    x: torch.Tensor,
+    pw_t: torch.Tensor,
+    dw: torch.Tensor,
+    bias: torch.Tensor,
+    in_scale: torch.Tensor | None,
+    residual: torch.Tensor | None,
+    ksize: int,
+    stride: int,
+    padding: int,
+    act: int,
+    shuffle: int,
+    precision: str,
+) -> tuple[int, ...]:
+    """Validate every argument of ``bsconv`` (metadata only); return the output shape."""
+    if not isinstance(x, torch.Tensor):
+        raise InputError(f"x: expected a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 4:
+        raise InputError(f"x: expected a 4-D tensor [N, C, H, W], got shape {tuple(x.shape)}")
+    _common.check_kernel_dtype(x, "x")
+    if not isinstance(pw_t, torch.Tensor) or pw_t.dim() != 2:
+        raise InputError(f"pw_t: expected a 2-D tensor [Cin, Cout], got {getattr(pw_t, 'shape', pw_t)}")
+    cin, cout = pw_t.shape
+    if x.shape[1] != cin:
+        raise InputError(f"x has {x.shape[1]} channels (shape {tuple(x.shape)}) but pw_t expects Cin = {cin}")
+    if pw_t.device != x.device:
+        raise InputError(f"pw_t is on {pw_t.device} but x is on {x.device}; move the weights or the input")
+    cd = _common.compute_dtype(x.dtype)
+    if pw_t.dtype != cd:
+        raise InputError(
+            f"pw_t has dtype {pw_t.dtype} but x is {x.dtype}, which needs {cd} GEMM weights; "
+            "re-pack the weights for this dtype"
+        )
+    for name, v, lo in (("ksize", ksize, 1), ("stride", stride, 1), ("padding", padding, 0), ("shuffle", shuffle, 0)):
+        if not isinstance(v, int) or v < lo:
+            raise InputError(f"{name} must be an int >= {lo}, got {v!r}")
+    if padding >= ksize:
+        raise InputError(f"padding {padding} must be smaller than ksize {ksize}")
+    if act not in ACTS:
+        raise InputError(f"act must be 0 (none), 1 (relu) or 2 (gelu), got {act!r}")
+    _common.check_precision(precision)
+    _check_tensor(dw, "dw", (ksize * ksize, cout), torch.float32, x.device)
+    _check_tensor(bias, "bias", (cout,), torch.float32, x.device)
+    r = max(shuffle, 1)
+    if cout % (r * r):
+        raise InputError(f"Cout = {cout} is not divisible by shuffle² = {r * r}")
+    ho, wo = _out_hw(x.shape[2], x.shape[3], ksize, stride, padding)
+    if ho < 1 or wo < 1:
+        raise InputError(
+            f"x: spatial size {x.shape[2]}x{x.shape[3]} is too small for a {ksize}x{ksize} conv "
+            f"with stride {stride} and padding {padding}"
+        )
+    if in_scale is not None:
+        _check_tensor(in_scale, "in_scale", (x.shape[0], cin), torch.float32, x.device)
+    shape = _out_shape(x, cout, ksize, stride, padding, shuffle)
+    if residual is not None:
+        if residual.dim() != 4:
+            raise InputError(f"residual: expected a 4-D tensor {shape}, got shape {tuple(residual.shape)}")
+        _check_tensor(residual, "residual", shape, x.dtype, x.device)
+    return shape
+
+
+# --------------------------------------------------------------------------- launch config
+
+
+def _launch_config(hw: int, cout_pad: int, block_k: int, dtype: torch.dtype, precision: str) -> tuple[int, int, int]:
+    """(BLOCK_P, num_warps, num_stages) from ``_common.pixel_block`` plus per-mode register caps.
+
+    Caps from ptxas resource usage of the AOT-compiled kernel (NHWC, 64 -> 64
+    channels, sm_80 and sm_90): half BLOCK_P 128 spills with 4 warps, not with
+    8; fp32 tf32 needs BLOCK_P <= 64; fp32 IEEE (FMA dots, no tensor cores)
+    spills above BLOCK_P 16.
+    """
+    wide = max(cout_pad, block_k)
+    block_p, num_warps = _common.pixel_block(hw, wide)
+    num_stages = 3
+    if dtype == torch.float32:
+        block_p = min(block_p, 64 if precision == "tf32" else 16)
+        if precision == "ieee":
+            num_stages = 1  # FMA dot: nothing to overlap
+    elif block_p * wide >= 128 * 64:
+        num_warps = 8
+    return block_p, num_warps, num_stages
+
+
+# --------------------------------------------------------------------------- backends
+
+
+def bsconv_torch(
+    x: torch.Tensor,
+    pw_t: torch.Tensor,
+    dw: torch.Tensor,
+    bias: torch.Tensor,
+    in_scale: torch.Tensor | None,
+    residual: torch.Tensor | None,
+    ksize: int,
+    stride: int,
+    padding: int,
+    act: int,
+    shuffle: int,
+    precision: str = "ieee",
+) -> torch.Tensor:
+    """The fused dataflow in PyTorch ops (fp32 compute; rounds where the kernel does).
+
+    Pointwise once per input pixel, then the depthwise taps on the fp32
+    pointwise result (equal to the kernel's per-tap GEMMs: pw has no bias, so
+    the zero padding commutes with it). fp32 matmuls run in IEEE mode;
+    ``precision`` only affects the Triton kernel.
+    """
+    n, cin, h, w = x.shape
+    cout = pw_t.shape[1]
+    ho, wo = _out_hw(h, w, ksize, stride, padding)
+    xs = x.float()
+    if in_scale is not None:
+        # scale on load, rounded to the GEMM operand dtype like the kernel's tile
+        xs = (xs * in_scale[:, :, None, None]).to(pw_t.dtype).float()
+    z = torch.matmul(xs.permute(0, 2, 3, 1), pw_t.float()).permute(0, 3, 1, 2)  # [N, Cout, H, W] fp32
+    if padding:
+        z = F.pad(z, (padding, padding, padding, padding))
+    acc = None
+    for tap in range(ksize * ksize):
+        kh, kw = divmod(tap, ksize)
+        shifted = z[:, :, kh : kh + stride * (ho - 1) + 1 : stride, kw : kw + stride * (wo - 1) + 1 : stride]
+        term = shifted * dw[tap].view(1, cout, 1, 1)
+        acc = term if acc is None else acc + term
+    acc = acc + bias.view(1, cout, 1, 1)
+    if act == _common.ACT_RELU:
+        acc = torch.relu(acc)
+    elif act == _common.ACT_GELU:
+        acc = F.gelu(acc)
+    if shuffle > 1:
+        acc = F.pixel_shuffle(acc, shuffle)
+    if residual is not None:
+        acc = acc + residual.float()
+    out = _alloc_out(x, cout, ksize, stride, padding, shuffle)
+    out.copy_(acc)
+    return out
+
+
+def bsconv_triton(
+    x: torch.Tensor,
+    pw_t: torch.Tensor,
+    dw: torch.Tensor,
+    bias: torch.Tensor,
+    in_scale: torch.Tensor | None,
+    residual: torch.Tensor | None,
+    ksize: int,
+    stride: int,
+    padding: int,
+    act: int,
+    shuffle: int,
+    precision: str = "ieee",
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Launch the fused Triton kernel (one launch); ``out`` (optional) is written in place."""
+    import triton
+
+    from bcrn_fast.kernels.bsconv import bsconv_kernel
+
+    shape = check_bsconv_args(x, pw_t, dw, bias, in_scale, residual, ksize, stride, padding, act, shuffle, precision)
+    if out is None:
+        out = _alloc_out(x, pw_t.shape[1], ksize, stride, padding, shuffle)
+    else:
+        _check_tensor(out, "out", shape, x.dtype, x.device)
+    n, cin, h, w = x.shape
+    cout = pw_t.shape[1]
+    ho, wo = _out_hw(h, w, ksize, stride, padding)
+    if out.numel() == 0:
+        return out
+
+    pw_t, dw, bias = pw_t.contiguous(), dw.contiguous(), bias.contiguous()
+    block_k = min(_common.next_pow2(cin), 64)
+    cout_pad = _common.next_pow2(cout)
+    block_p, num_warps, num_stages = _launch_config(ho * wo, cout_pad, block_k, x.dtype, precision)
+    grid = (triton.cdiv(ho * wo, block_p), n)
+    s = in_scale if in_scale is not None else bias  # dummy pointer, never read
+    s_strides = in_scale.stride() if in_scale is not None else (0, 0)
+    res = residual if residual is not None else out  # dummy pointer, never read
+    # fp32 operands honour `precision`; for half operands it is ignored (tf32 = Triton's default)
+    dot_precision = precision if x.dtype == torch.float32 else "tf32"
+    bsconv_kernel[grid](
+        x, s, pw_t, dw, bias, res, out,
+        cin, cout, h, w, ho, wo,
+        *x.stride(), *s_strides, *res.stride(), *out.stride(),
+        KSIZE=ksize, STRIDE=stride, PAD=padding, ACT=act, SHUFFLE=max(shuffle, 1),
+        HAS_SCALE=in_scale is not None, HAS_RES=residual is not None,
+        BLOCK_P=block_p, BLOCK_K=block_k, COUT_PAD=cout_pad, PRECISION=dot_precision,
+        num_warps=num_warps, num_stages=num_stages,
+    )  # fmt: skip
+    return out
+
+
+# --------------------------------------------------------------------------- custom op
+
+
+@torch.library.custom_op("bcrn_fast::bsconv", mutates_args=())
+def bsconv_op(
+    x: torch.Tensor,
+    pw_t: torch.Tensor,
+    dw: torch.Tensor,
+    bias: torch.Tensor,
+    in_scale: torch.Tensor | None,
+    residual: torch.Tensor | None,
+    ksize: int,
+    stride: int,
+    padding: int,
+    act: int,
+    shuffle: int,
+    precision: str,
+    backend: str,
+) -> torch.Tensor:
+    """``bcrn_fast::bsconv``: dispatch to the ``"triton"`` or ``"torch"`` backend."""
+    args = (x, pw_t, dw, bias, in_scale, residual, ksize, stride, padding, act, shuffle, precision)
+    if backend == "triton":
+        return bsconv_triton(*args)
+    if backend == "torch":
+        return bsconv_torch(*args)
+    raise ValueError(f"bcrn_fast::bsconv: backend must be 'triton' or 'torch', got {backend!r}")
+
+
+@bsconv_op.register_fake
+def _bsconv_fake(x, pw_t, dw, bias, in_scale, residual, ksize, stride, padding, act, shuffle, precision, backend):
+    return _alloc_out(x, pw_t.shape[1], ksize, stride, padding, shuffle)
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def bsconv(
+    x: torch.Tensor,
+    pw_t: torch.Tensor,
+    dw: torch.Tensor,
+    bias: torch.Tensor,
+    in_scale: torch.Tensor | None = None,
+    residual: torch.Tensor | None = None,
+    ksize: int = 3,
+    stride: int = 1,
+    padding: int | None = None,
+    act: int = _common.ACT_NONE,
+    shuffle: int = 0,
+    precision: str = "ieee",
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Fused BSConvU (see the module docstring for the formula).
+
+    Args:
+        x: ``[N, Cin, H, W]`` fp32/fp16/bf16, any strides (channel slices welcome).
+        pw_t: ``[Cin, Cout]`` pointwise weight, transposed, in the compute dtype.
+        dw: ``[ksize², Cout]`` fp32 depthwise taps. bias: ``[Cout]`` fp32.
+        in_scale: optional ``[N, Cin]`` fp32 per-(n, cin) scale applied to x on load.
+        residual: optional tensor of the output's shape and x's dtype, added last.
+        padding: defaults to ``(ksize - 1) // 2``.
+        act: 0 none, 1 relu, 2 exact GELU. shuffle: pixel-shuffle factor (0 = none).
+        precision: ``"ieee"`` or ``"tf32"`` fp32 dots. backend: ``"auto"``, ``"triton"``, ``"torch"``.
+
+    Returns ``[N, Cout, Ho, Wo]`` channels-last, or ``[N, Cout/r², r·Ho, r·Wo]``
+    NCHW-contiguous when ``shuffle = r > 1``; dtype of ``x``.
+    """
+    if padding is None:
+        padding = (ksize - 1) // 2
+    check_bsconv_args(x, pw_t, dw, bias, in_scale, residual, ksize, stride, padding, act, shuffle, precision)
+    backend = _common.resolve_backend(backend, x.device)
+    return torch.ops.bcrn_fast.bsconv(
+        x, pw_t, dw, bias, in_scale, residual, ksize, stride, padding, act, shuffle, precision, backend
+    )
+
+
+def bsconv_packed(
+    x: torch.Tensor,
+    pack: BSConvPack,
+    in_scale: torch.Tensor | None = None,
+    residual: torch.Tensor | None = None,
+    act: int = _common.ACT_NONE,
+    precision: str = "ieee",
+    backend: str = "auto",
+) -> torch.Tensor:
+    """:func:`bsconv` with the weights and geometry of a :class:`BSConvPack`."""
+    return bsconv(
+        x, pack.pw_t, pack.dw, pack.bias, in_scale, residual,
+        ksize=pack.ksize, stride=pack.stride, padding=pack.padding, act=act, shuffle=pack.shuffle,
+        precision=precision, backend=backend,
+    )  # fmt: skip

@@ -1,0 +1,275 @@
+"""CCA fused ops: ``cca_scale`` (statistics + squeeze MLP + sigmoid) and ``channel_scale``.
+
+``cca_scale(x, w1, b1, w2, b2, backend) -> s [N, C] fp32`` computes
+``s = σ(W2ᵀ·relu(W1ᵀ·(mean + std) + b1) + b2)`` from the spatial mean and
+population std (no epsilon) of each (n, c) of ``x`` in one launch (Chan-merged
+partials, fixed merge order, last program finalises; see
+``bcrn_fast.kernels.cca``). ``channel_scale(x, s, backend) -> x ⊙ s[n, c]`` is
+the standalone apply (a consumer kernel normally multiplies on load).
+
+Weights come from :func:`pack_cca` (fp32: a 64 -> 4 -> 64 MLP on a vector is
+no GEMM, so it stays fp32 for every storage dtype).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from bcrn_fast.ops import _common
+from bcrn_fast.validation import InputError
+
+CHANNELS = 64  # C: the main feature width
+SQUEEZE = 4  # R: CCA reduction 16
+MERGE_BLOCK = 32  # partials merged in parallel per step of the finaliser
+
+
+class CCAWeights(NamedTuple):
+    """Folded CCA squeeze MLP (all fp32): ``s = σ(W2ᵀ·relu(W1ᵀ·y + b1) + b2)``."""
+
+    w1: Tensor  # [64, 4]  (diag(d1)·pw1)ᵀ
+    b1: Tensor  # [4]
+    w2: Tensor  # [4, 64]  (diag(d2)·pw2)ᵀ
+    b2: Tensor  # [64]
+
+
+def _fold_bsconv_1x1(conv) -> tuple[Tensor, Tensor]:
+    """A k=1 ``BSConvU`` as ``(Wᵀ [cin, cout], b [cout])`` in float64: ``W = diag(d)·pw``."""
+    pw = conv.pw.weight.detach().double().flatten(1)  # [cout, cin]
+    d = conv.dw.weight.detach().double().flatten()  # [cout]
+    b = conv.dw.bias
+    b = torch.zeros_like(d) if b is None else b.detach().double()
+    return (d[:, None] * pw).t().contiguous(), b
+
+
+def pack_cca(cca) -> CCAWeights:
+    """Fold ``CCALayer.conv_du`` (two k=1 BSConvU) into fp32 ``(w1, b1, w2, b2)``."""
+    w1, b1 = _fold_bsconv_1x1(cca.conv_du[0])
+    w2, b2 = _fold_bsconv_1x1(cca.conv_du[2])
+    return CCAWeights(*(p.float().contiguous() for p in (w1, b1, w2, b2)))
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def check_map(x: Tensor, channels: int, name: str, min_size: int = 1) -> None:
+    """``x`` is a ``[N, channels, H, W]`` fp32/fp16/bf16 map with N >= 1 and H, W >= ``min_size``."""
+    if not isinstance(x, Tensor):
+        raise InputError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 4 or x.shape[1] != channels:
+        raise InputError(f"{name}: expected shape [N, {channels}, H, W], got {tuple(x.shape)}")
+    _common.check_kernel_dtype(x, name)
+    if x.shape[0] == 0:
+        raise InputError(f"{name}: empty batch (shape {tuple(x.shape)})")
+    if x.shape[2] < min_size or x.shape[3] < min_size:
+        raise InputError(
+            f"{name}: spatial size {x.shape[2]}x{x.shape[3]} is below the minimum {min_size}x{min_size} "
+            "(ESA's stride-2 3x3 conv followed by a 7x7/3 max-pool needs at least 15x15 pixels)"
+        )
+
+
+def check_param(
+    p: Tensor, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, name: str, contiguous: bool = True
+) -> None:
+    """A packed weight of exactly ``shape``, ``dtype``, on ``device`` (contiguous: kernels index it row-major)."""
+    if not isinstance(p, Tensor):
+        raise InputError(f"{name}: expected a torch.Tensor, got {type(p).__name__}")
+    if tuple(p.shape) != shape:
+        raise InputError(f"{name}: expected shape {list(shape)}, got {list(p.shape)}")
+    if p.dtype != dtype:
+        raise TypeError(f"{name}: expected dtype {dtype}, got {p.dtype} (use the pack_* functions)")
+    if p.device != device:
+        raise InputError(f"{name} is on {p.device} but the activations are on {device}")
+    if contiguous and not p.is_contiguous():
+        raise InputError(f"{name}: expected a contiguous tensor (strides {p.stride()}); use the pack_* functions")
+
+
+def check_cca_weights(w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, device: torch.device) -> None:
+    c, r = CHANNELS, SQUEEZE
+    for p, shape, name in ((w1, (c, r), "w1"), (b1, (r,), "b1"), (w2, (r, c), "w2"), (b2, (c,), "b2")):
+        check_param(p, shape, torch.float32, device, f"cca {name}")
+
+
+def check_backend_name(backend: str) -> None:
+    if backend not in ("triton", "torch"):
+        raise ValueError(f"backend must be 'triton' or 'torch' at the op level, got {backend!r}")
+
+
+def check_backend(backend: str, device: torch.device) -> str:
+    """The op-level backend, checked to be runnable on ``device``."""
+    check_backend_name(backend)
+    return _common.resolve_backend(backend, device)
+
+
+def _check_cca_scale(x, w1, b1, w2, b2) -> None:
+    check_map(x, CHANNELS, "cca_scale input")
+    check_cca_weights(w1, b1, w2, b2, x.device)
+
+
+def _check_channel_scale(x, s) -> None:
+    check_map(x, CHANNELS, "channel_scale input")
+    check_param(s, (x.shape[0], CHANNELS), torch.float32, x.device, "channel_scale s", contiguous=False)
+
+
+# ----------------------------------------------------------------------------- torch backend
+
+
+def cca_from_stats(u: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor) -> Tensor:
+    """Torch backend of the CCA statistics + MLP: ``u`` fp32 [N, C, H, W] -> s [N, C] fp32."""
+    mean = u.mean(dim=(2, 3))
+    std = (u - mean[:, :, None, None]).square().mean(dim=(2, 3)).sqrt()
+    hid = torch.relu((mean + std) @ w1 + b1)
+    return torch.sigmoid(hid @ w2 + b2).contiguous()
+
+
+def cca_scale_torch(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor) -> Tensor:
+    return cca_from_stats(x.float(), w1, b1, w2, b2)
+
+
+def channel_scale_torch(x: Tensor, s: Tensor) -> Tensor:
+    n, c, h, w = x.shape
+    y = _common.empty_nhwc(n, c, h, w, x.dtype, x.device)
+    y.copy_(x.float() * s[:, :, None, None])
+    return y
+
+
+# ----------------------------------------------------------------------------- triton launchers
+
+
+def launch_settings(hw: int, channels: int, fma_dots: bool = False) -> tuple[int, int]:
+    """``(BLOCK_P, num_warps)`` for a ``[BLOCK_P, channels]`` tile: the shared ``pixel_block``
+    rule, with 8 warps once the tile has 4K elements or more.
+
+    Ahead-of-time compiled for sm_90 with the JIT's divisibility hints, a
+    [128, 64] tile needs 105-122 registers/thread at 4 warps but 63-64 at 8
+    (cca_scale, channel_scale; 105 for fp16 esa_apply), doubling occupancy of
+    these memory-bound kernels. ``fma_dots`` (fp32 IEEE dots, no tensor cores)
+    halves the tile: esa_apply at [128, 64] spills 1.6 KB of stack even at 8
+    warps, at [64, 64] it fits in 172 registers.
+    """
+    bp, warps = _common.pixel_block(hw, channels)
+    if fma_dots and bp > 64:
+        bp = 64
+    if bp * channels >= 4096:
+        warps = max(warps, 8)
+    return bp, warps
+
+
+def cca_workspace(n: int, tiles: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Per-call partials ``[N, T, 2, C]`` fp32 and zeroed per-image counters ``[N]`` int32."""
+    ws = torch.empty((n, tiles, 2, CHANNELS), dtype=torch.float32, device=device)
+    cnt = torch.zeros((n,), dtype=torch.int32, device=device)
+    return ws, cnt
+
+
+def cca_scale_triton(
+    x: Tensor,
+    w1: Tensor,
+    b1: Tensor,
+    w2: Tensor,
+    b2: Tensor,
+    block_p: int | None = None,
+    block_t: int | None = None,
+) -> Tensor:
+    """Launch ``cca_scale_kernel``; ``block_p``/``block_t`` override the tiling (tests)."""
+    from bcrn_fast.kernels.cca import cca_scale_kernel
+
+    n, c, h, w = x.shape
+    hw = h * w
+    bp, warps = launch_settings(hw, c)
+    bp = block_p or bp
+    bt = block_t or MERGE_BLOCK
+    tiles = _cdiv(hw, bp)
+    s = torch.empty((n, c), dtype=torch.float32, device=x.device)
+    ws, cnt = cca_workspace(n, tiles, x.device)
+    with _device_guard(x):
+        cca_scale_kernel[(tiles, n)](
+            x, w1, b1, w2, b2, s, ws, cnt,
+            w, hw, tiles,
+            *x.stride(), *s.stride(),
+            C=c, R=SQUEEZE, BLOCK_P=bp, BLOCK_T=bt,
+            num_warps=warps,
+        )  # fmt: skip
+    return s
+
+
+def channel_scale_triton(x: Tensor, s: Tensor) -> Tensor:
+    from bcrn_fast.kernels.cca import channel_scale_kernel
+
+    n, c, h, w = x.shape
+    hw = h * w
+    bp, warps = launch_settings(hw, c)
+    y = _common.empty_nhwc(n, c, h, w, x.dtype, x.device)
+    with _device_guard(x):
+        channel_scale_kernel[(_cdiv(hw, bp), n)](
+            x, s, y,
+            w, hw,
+            *x.stride(), *s.stride(), *y.stride(),
+            C=c, BLOCK_P=bp,
+            num_warps=warps,
+        )  # fmt: skip
+    return y
+
+
+def _cdiv(a: int, b: int) -> int:
+    return (a + b - 1) // b
+
+
+def _device_guard(x: Tensor):
+    """Launch on ``x``'s CUDA device (Triton uses the current device and stream)."""
+    if x.device.type == "cuda":
+        return torch.cuda.device(x.device)
+    return contextlib.nullcontext()
+
+
+# ----------------------------------------------------------------------------- registered ops
+
+
+@torch.library.custom_op("bcrn_fast::cca_scale", mutates_args=())
+def cca_scale_op(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, backend: str) -> Tensor:
+    """``s[n, c] = σ(W2ᵀ·relu(W1ᵀ·(mean + std)(x[n]) + b1) + b2)``, fp32 ``[N, 64]``."""
+    _check_cca_scale(x, w1, b1, w2, b2)
+    if check_backend(backend, x.device) == "triton":
+        return cca_scale_triton(x, w1, b1, w2, b2)
+    return cca_scale_torch(x, w1, b1, w2, b2)
+
+
+@cca_scale_op.register_fake
+def _cca_scale_fake(x, w1, b1, w2, b2, backend):
+    check_backend_name(backend)
+    _check_cca_scale(x, w1, b1, w2, b2)
+    return x.new_empty((x.shape[0], x.shape[1]), dtype=torch.float32)
+
+
+@torch.library.custom_op("bcrn_fast::channel_scale", mutates_args=())
+def channel_scale_op(x: Tensor, s: Tensor, backend: str) -> Tensor:
+    """``y = x ⊙ s[n, c]`` in x's dtype, channels-last."""
+    _check_channel_scale(x, s)
+    if check_backend(backend, x.device) == "triton":
+        return channel_scale_triton(x, s)
+    return channel_scale_torch(x, s)
+
+
+@channel_scale_op.register_fake
+def _channel_scale_fake(x, s, backend):
+    check_backend_name(backend)
+    _check_channel_scale(x, s)
+    n, c, h, w = x.shape
+    return _common.empty_nhwc(n, c, h, w, x.dtype, x.device)
+
+
+# ----------------------------------------------------------------------------- entry points
+
+
+def cca_scale(x: Tensor, pack: CCAWeights, backend: str = "auto") -> Tensor:
+    """``bcrn_fast::cca_scale`` with the weights of a :class:`CCAWeights` (``backend="auto"`` resolved)."""
+    backend = _common.resolve_backend(backend, x.device)
+    return torch.ops.bcrn_fast.cca_scale(x, pack.w1, pack.b1, pack.w2, pack.b2, backend)
+
+
+def channel_scale(x: Tensor, s: Tensor, backend: str = "auto") -> Tensor:
+    """``bcrn_fast::channel_scale``: ``x ⊙ s[n, c]`` (``backend="auto"`` resolved)."""
+    return torch.ops.bcrn_fast.channel_scale(x, s, _common.resolve_backend(backend, x.device))

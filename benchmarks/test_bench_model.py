@@ -1,0 +1,13 @@
+"""Whole-network benchmarks: reference eager (NCHW, channels-last), torch.compile modes, CUDA graphs,
+and the fused backends, each verified against the fp32 eager reference before it is timed."""
+
+from __future__ import annotations
+
+import pytest
+
+from bcrn_fast.benchmarking.pytest_support import model_params, run_benchmark
+
+
+@pytest.mark.parametrize(("case", "variant"), model_params())
+def test_model(benchmark, harness, case, variant):
+    run_benchmark(benchmark, harness, case, variant)

@@ -1,0 +1,125 @@
+"""BSConvU (pointwise 1x1 then depthwise KxK) fused into one Triton kernel.
+
+Used for every BSConvU of BCRN: the 3x3 convs (pad 1), the 1x1 form, ESA's
+stride-2 valid 3x3, the tail ``conv2`` over the 384-channel buffer (CCA scale
+on load, GELU, + F0) and the upsampler (pixel shuffle as store addressing).
+Launcher, checks and dispatch: ``bcrn_fast.ops.bsconv``.
+"""
+
+import triton
+import triton.language as tl
+
+_INV_SQRT2 = tl.constexpr(0.7071067811865476)  # 1/sqrt(2) for the exact GELU
+
+
+@triton.jit
+def bsconv_kernel(
+    # pointers
+    x_ptr,  # [N, CIN, H, W] storage dtype, any strides (NCHW, NHWC, channel slice)
+    s_ptr,  # [N, CIN] fp32 per-(n, cin) input scale; read only if HAS_SCALE
+    pw_ptr,  # [CIN, COUT] compute dtype, contiguous: pwᵀ
+    dw_ptr,  # [KSIZE*KSIZE, COUT] fp32, contiguous: depthwise taps (row-major tap = kh*KSIZE + kw)
+    b_ptr,  # [COUT] fp32: depthwise bias
+    res_ptr,  # [N, COUT // SHUFFLE², HO*SHUFFLE, WO*SHUFFLE] storage dtype, any strides; read only if HAS_RES
+    y_ptr,  # [N, COUT // SHUFFLE², HO*SHUFFLE, WO*SHUFFLE] storage dtype, any strides
+    # sizes
+    CIN,  # input channels (K of the pointwise GEMM; 3, 16, 64 or 384 in BCRN)
+    COUT,  # pointwise/depthwise channels (before the pixel shuffle)
+    H,  # input height
+    W,  # input width
+    HO,  # output height before the shuffle: (H + 2*PAD - KSIZE) // STRIDE + 1
+    WO,  # output width before the shuffle
+    # strides (elements)
+    sxn,  # x, dim N
+    sxc,  # x, dim C
+    sxh,  # x, dim H
+    sxw,  # x, dim W
+    ssn,  # s, dim N
+    ssc,  # s, dim C
+    srn,  # res (output layout, after the shuffle), dim N
+    src,  # res (output layout, after the shuffle), dim C
+    srh,  # res (output layout, after the shuffle), dim H
+    srw,  # res (output layout, after the shuffle), dim W
+    syn,  # y (after the shuffle), dim N
+    syc,  # y (after the shuffle), dim C
+    syh,  # y (after the shuffle), dim H
+    syw,  # y (after the shuffle), dim W
+    # meta-parameters: constexpr because they fix the tap loop (KSIZE), the
+    # address arithmetic (STRIDE, PAD, SHUFFLE), which code exists (ACT,
+    # HAS_SCALE, HAS_RES, PRECISION) and the register tile shapes (BLOCK_*)
+    KSIZE: tl.constexpr,  # depthwise kernel size (1 or 3)
+    STRIDE: tl.constexpr,  # depthwise stride (1 or 2)
+    PAD: tl.constexpr,  # zero padding of the depthwise conv
+    ACT: tl.constexpr,  # 0 none, 1 relu, 2 exact (erf) GELU
+    SHUFFLE: tl.constexpr,  # pixel-shuffle factor r of the store (1 = plain store)
+    HAS_SCALE: tl.constexpr,  # multiply x by s[n, :] on load
+    HAS_RES: tl.constexpr,  # add res after the activation
+    BLOCK_P: tl.constexpr,  # output pixels per program (power of two >= 16)
+    BLOCK_K: tl.constexpr,  # input channels per GEMM chunk (power of two, 16..64)
+    COUT_PAD: tl.constexpr,  # next power of two >= max(COUT, 16)
+    PRECISION: tl.constexpr,  # tl.dot input_precision for fp32 operands ("ieee" | "tf32")
+):
+    # y[n, o, q] = act(b[o] + Σ_tap dw[tap, o] · Σ_i pw[i, o] · s[n, i] · x[n, i, q·STRIDE − PAD + tap]) + res[n, o, q]
+    # (zero padding outside the image; o = c·r² + i·r + j is stored at
+    # y[n, c, r·qh + i, r·qw + j] when SHUFFLE = r > 1).
+    # One program owns BLOCK_P consecutive output pixels (row-major over
+    # HO x WO) of ONE image times all COUT channels: grid = (cdiv(HO·WO, BLOCK_P), N).
+    # Per K chunk and tap it loads the shifted input tile [BLOCK_P, BLOCK_K]
+    # (masked at borders = zero padding, and for padded channels), scales it,
+    # runs the pointwise GEMM against pwᵀ [BLOCK_K, COUT_PAD] on tensor cores
+    # and accumulates the result times dw[tap, :] in fp32.
+    pid_p = tl.program_id(0)
+    n = tl.program_id(1).to(tl.int64)
+
+    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)  # [BLOCK_P] output pixel index
+    p_mask = offs_p < HO * WO
+    oh = offs_p // WO
+    ow = offs_p % WO
+    offs_o = tl.arange(0, COUT_PAD)  # [COUT_PAD] output channel
+    o_mask = offs_o < COUT
+    offs_k = tl.arange(0, BLOCK_K)  # [BLOCK_K] input channel within the chunk
+
+    x_img = x_ptr + n * sxn
+    acc = tl.zeros((BLOCK_P, COUT_PAD), dtype=tl.float32)
+    # Both loops are scf.for (not unrolled): one shifted tile is live at a
+    # time, which keeps registers bounded and lets the pipeliner prefetch.
+    for k0 in range(0, CIN, BLOCK_K):
+        ck = k0 + offs_k
+        k_mask = ck < CIN
+        # pwᵀ chunk [BLOCK_K, COUT_PAD], zero rows/columns for padded channels
+        pw = tl.load(pw_ptr + ck[:, None] * COUT + offs_o[None, :], mask=k_mask[:, None] & o_mask[None, :], other=0.0)
+        if HAS_SCALE:
+            s = tl.load(s_ptr + n * ssn + ck * ssc, mask=k_mask, other=0.0)  # [BLOCK_K] fp32
+        for tap in range(KSIZE * KSIZE):
+            ih = oh * STRIDE - PAD + tap // KSIZE
+            iw = ow * STRIDE - PAD + tap % KSIZE
+            inside = p_mask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            xt = tl.load(
+                x_img + (ih * sxh + iw * sxw)[:, None] + (ck * sxc)[None, :],
+                mask=inside[:, None] & k_mask[None, :],
+                other=0.0,
+            )  # [BLOCK_P, BLOCK_K] storage dtype
+            if HAS_SCALE:
+                xt = (xt.to(tl.float32) * s[None, :]).to(pw.dtype)
+            part = tl.dot(xt, pw, input_precision=PRECISION)  # [BLOCK_P, COUT_PAD] fp32
+            d = tl.load(dw_ptr + tap * COUT + offs_o, mask=o_mask, other=0.0)  # [COUT_PAD] fp32
+            acc += part * d[None, :]
+
+    acc += tl.load(b_ptr + offs_o, mask=o_mask, other=0.0)[None, :]
+    if ACT == 1:
+        acc = tl.maximum(acc, 0.0)
+    if ACT == 2:
+        acc = 0.5 * acc * (1.0 + tl.erf(acc * _INV_SQRT2))
+
+    # store addressing: channel o -> (c, i, j) = (o // r², (o // r) % r, o % r)
+    c = offs_o // (SHUFFLE * SHUFFLE)
+    si = (offs_o // SHUFFLE) % SHUFFLE
+    sj = offs_o % SHUFFLE
+    oh_r = oh * SHUFFLE
+    ow_r = ow * SHUFFLE
+    mask = p_mask[:, None] & o_mask[None, :]
+    if HAS_RES:
+        r_off = oh_r[:, None] * srh + ow_r[:, None] * srw + (c * src + si * srh + sj * srw)[None, :]
+        acc += tl.load(res_ptr + n * srn + r_off, mask=mask, other=0.0).to(tl.float32)
+    y_off = oh_r[:, None] * syh + ow_r[:, None] * syw + (c * syc + si * syh + sj * syw)[None, :]
+    tl.store(y_ptr + n * syn + y_off, acc.to(y_ptr.dtype.element_ty), mask=mask)

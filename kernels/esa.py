@@ -1,0 +1,197 @@
+"""ESA (enhanced spatial attention) kernels: the strided pool and the apply.
+
+``esa_pool_kernel``: conv2's depthwise 3×3 stride 2 (valid) fused with the
+7×7 / 3 max-pool; the stride-2 map ``c1`` is never written.
+
+``esa_apply_kernel``: ``u = t ⊙ σ(W4ᵀ·(bilinear↑(c3) + Wfᵀ·t + bf) + b4)``,
+written into a channel slice of a wider buffer, optionally with the CCA
+statistics of ``u`` (helpers from ``cca.py``) and the last-program
+finalisation of the CCA scale.
+"""
+
+import triton
+import triton.language as tl
+
+from .cca import cca_finalize, cca_publish_partials, cca_tile_partials
+
+
+@triton.jit
+def esa_pool_kernel(
+    # pointers
+    a_ptr,  # [N, F, H, W] storage dtype, any strides: pw2·conv1(t)
+    dw_ptr,  # [9, F] fp32: conv2 depthwise taps, tap = 3·ky + kx
+    b_ptr,  # [F] fp32: conv2 bias
+    v_ptr,  # [N, F, Hp, Wp] storage dtype output, any strides
+    # sizes
+    Wp,
+    HWp,  # Hp·Wp pooled pixels per image
+    # strides (elements)
+    stride_an,
+    stride_af,
+    stride_ah,
+    stride_aw,
+    stride_vn,
+    stride_vf,
+    stride_vh,
+    stride_vw,
+    # meta
+    F: tl.constexpr,  # 16: whole channel row per pixel
+    BLOCK_Q: tl.constexpr,  # pooled pixels per program: tile shape
+):
+    """``v[n, :, i, j] = max_{dy,dx<7} (b + Σ_{ky,kx<3} dw[3ky+kx] ⊙ a[n, :, 6i+2dy+ky, 6j+2dx+kx])``.
+
+    Program (tile, n) owns pooled pixels ``[tile·BLOCK_Q, (tile+1)·BLOCK_Q)`` of
+    image n times all F channels. Its tile is ``[BLOCK_Q, 64, F]``: the 7×7
+    pooling window padded to 8×8 slots (slot = 8·dy + dx, the 15 padding slots
+    masked to -inf), so the stride-2 conv outputs ``c1`` of every window are
+    recomputed on the fly with 9 shifted loads + FMAs (reads hit cache; c1 is
+    never written), then max-reduced over the window axis. Every read of a
+    valid slot is in bounds: 6(Hp-1)+14 <= 2·H2 - 2 <= H - 1.
+    """
+    tile = tl.program_id(0)
+    n = tl.program_id(1).to(tl.int64)
+    offs_q = tile * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    slot = tl.arange(0, 64)
+    offs_f = tl.arange(0, F)
+    qmask = offs_q < HWp
+    dy = slot // 8
+    dx = slot % 8
+    svalid = (dy < 7) & (dx < 7)
+    i = offs_q // Wp
+    j = offs_q % Wp
+    # Top-left input tap of c1[3i + dy, 3j + dx]: a[6i + 2dy, 6j + 2dx].
+    r0 = (6 * i)[:, None] + (2 * dy)[None, :]  # [BLOCK_Q, 64]
+    c0 = (6 * j)[:, None] + (2 * dx)[None, :]
+    lmask = (qmask[:, None] & svalid[None, :])[:, :, None]
+    a_base = a_ptr + n * stride_an + offs_f[None, None, :] * stride_af
+    acc = tl.zeros([BLOCK_Q, 64, F], dtype=tl.float32) + tl.load(b_ptr + offs_f)[None, None, :]
+    for ky in tl.static_range(3):
+        for kx in tl.static_range(3):
+            tap = tl.load(dw_ptr + (3 * ky + kx) * F + offs_f)
+            ptrs = a_base + (r0 + ky)[:, :, None] * stride_ah + (c0 + kx)[:, :, None] * stride_aw
+            av = tl.load(ptrs, mask=lmask, other=0.0).to(tl.float32)
+            acc += av * tap[None, None, :]
+    acc = tl.where(svalid[None, :, None], acc, float("-inf"))
+    vmax = tl.max(acc, axis=1)  # [BLOCK_Q, F]
+    # NaN propagates like torch's max_pool2d (the GPU's max drops NaN operands).
+    has_nan = tl.max((acc != acc).to(tl.int32), axis=1)
+    vmax = tl.where(has_nan > 0, float("nan"), vmax)
+    ptrs = v_ptr + n * stride_vn + i[:, None] * stride_vh + j[:, None] * stride_vw + offs_f[None, :] * stride_vf
+    tl.store(ptrs, vmax.to(v_ptr.dtype.element_ty), mask=qmask[:, None])
+
+
+@triton.jit
+def esa_apply_kernel(
+    # pointers
+    t_ptr,  # [N, C, H, W] storage dtype, any strides: the ESA input
+    c3_ptr,  # [N, F, Hl, Wl] storage dtype, any strides: low-res branch output
+    wf_ptr,  # [C, F] compute dtype: Wf = (diag(df)·pwf·diag(d1)·pw1)ᵀ
+    bf_ptr,  # [F] fp32: diag(df)·pwf·b1 + bf
+    w4_ptr,  # [F, C] compute dtype: W4 = (diag(d4)·pw4)ᵀ
+    b4_ptr,  # [C] fp32
+    u_ptr,  # [N, C, H, W] storage dtype output (a channel slice of a wider buffer), any strides
+    w1_ptr,  # [C, R] fp32 CCA squeeze (HAS_CCA)
+    b1_ptr,  # [R] fp32
+    w2_ptr,  # [R, C] fp32
+    b2_ptr,  # [C] fp32
+    s_ptr,  # [N, C] fp32 CCA scale output (HAS_CCA)
+    ws_ptr,  # [N, T, 2, C] fp32 CCA partials workspace (HAS_CCA)
+    cnt_ptr,  # [N] int32 zeroed counters (HAS_CCA)
+    # sizes
+    W,
+    HW,
+    T,  # tiles per image = cdiv(HW, BLOCK_P)
+    Hl,
+    Wl,
+    scale_h,  # fp32 Hl / H (torch's align_corners=False ratio)
+    scale_w,  # fp32 Wl / W
+    # strides (elements)
+    stride_tn,
+    stride_tc,
+    stride_th,
+    stride_tw,
+    stride_cn,
+    stride_cf,
+    stride_ch,
+    stride_cw,
+    stride_un,
+    stride_uc,
+    stride_uh,
+    stride_uw,
+    stride_sn,
+    stride_sc,
+    # meta
+    C: tl.constexpr,  # 64: whole channel row per pixel, a dot dimension
+    F: tl.constexpr,  # 16: ESA width, a dot dimension
+    R: tl.constexpr,  # 4: CCA MLP width
+    BLOCK_P: tl.constexpr,  # pixels per program: tile shape, dot M
+    BLOCK_T: tl.constexpr,  # CCA partials per merge step
+    HAS_CCA: tl.constexpr,  # compile the CCA statistics in or out
+    DOT_IN_FP32: tl.constexpr,  # upcast dot operands (interpreter workaround, bf16 only)
+    INPUT_PRECISION: tl.constexpr,  # "ieee" | "tf32" for fp32 dots
+):
+    """``u = t ⊙ σ(W4ᵀ·(bilinear↑(c3) + Wfᵀ·t + bf) + b4)`` (+ CCA partials of u).
+
+    Program (tile, n) owns pixels ``[tile·BLOCK_P, (tile+1)·BLOCK_P)`` of image n
+    times all C channels: two small GEMMs ([BLOCK_P, C]·[C, F] and
+    [BLOCK_P, F]·[F, C]) and a 4-tap gather of the F-channel low-res map.
+    Bytes: read t once, write u once; c3 and the weights are cache-resident.
+    """
+    tile = tl.program_id(0)
+    n = tl.program_id(1)
+    n64 = n.to(tl.int64)
+    offs_p = tile * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_c = tl.arange(0, C)
+    offs_f = tl.arange(0, F)
+    pmask = offs_p < HW
+    h = offs_p // W
+    w = offs_p % W
+
+    t_ptrs = t_ptr + n64 * stride_tn + h[:, None] * stride_th + w[:, None] * stride_tw + offs_c[None, :] * stride_tc
+    t = tl.load(t_ptrs, mask=pmask[:, None], other=0.0)
+    wf = tl.load(wf_ptr + offs_c[:, None] * F + offs_f[None, :])
+    w4 = tl.load(w4_ptr + offs_f[:, None] * C + offs_c[None, :])
+    if DOT_IN_FP32:
+        g = tl.dot(t.to(tl.float32), wf.to(tl.float32), input_precision=INPUT_PRECISION)
+    else:
+        g = tl.dot(t, wf, input_precision=INPUT_PRECISION)
+
+    # Bilinear source (align_corners=False): src = max((dst + 0.5)·scale - 0.5, 0),
+    # i0 = floor(src) (<= in - 1), i1 = min(i0 + 1, in - 1), weight of i1 = src - i0.
+    src_h = tl.maximum((h.to(tl.float32) + 0.5) * scale_h - 0.5, 0.0)
+    src_w = tl.maximum((w.to(tl.float32) + 0.5) * scale_w - 0.5, 0.0)
+    h0 = tl.minimum(src_h.to(tl.int32), Hl - 1)
+    w0 = tl.minimum(src_w.to(tl.int32), Wl - 1)
+    lh = src_h - h0.to(tl.float32)
+    lw = src_w - w0.to(tl.float32)
+    h1 = tl.minimum(h0 + 1, Hl - 1)
+    w1 = tl.minimum(w0 + 1, Wl - 1)
+    c_base = c3_ptr + n64 * stride_cn + offs_f[None, :] * stride_cf
+    m2d = pmask[:, None]
+    v00 = tl.load(c_base + h0[:, None] * stride_ch + w0[:, None] * stride_cw, mask=m2d, other=0.0).to(tl.float32)
+    v01 = tl.load(c_base + h0[:, None] * stride_ch + w1[:, None] * stride_cw, mask=m2d, other=0.0).to(tl.float32)
+    v10 = tl.load(c_base + h1[:, None] * stride_ch + w0[:, None] * stride_cw, mask=m2d, other=0.0).to(tl.float32)
+    v11 = tl.load(c_base + h1[:, None] * stride_ch + w1[:, None] * stride_cw, mask=m2d, other=0.0).to(tl.float32)
+    lh2 = lh[:, None]
+    lw2 = lw[:, None]
+    up = (1.0 - lh2) * ((1.0 - lw2) * v00 + lw2 * v01) + lh2 * ((1.0 - lw2) * v10 + lw2 * v11)
+
+    z = g + up + tl.load(bf_ptr + offs_f)[None, :]
+    if DOT_IN_FP32:
+        zc = z.to(w4_ptr.dtype.element_ty).to(tl.float32)  # keep the GPU path's rounding
+        pre = tl.dot(zc, w4.to(tl.float32), input_precision=INPUT_PRECISION)
+    else:
+        pre = tl.dot(z.to(w4_ptr.dtype.element_ty), w4, input_precision=INPUT_PRECISION)
+    gate = tl.sigmoid(pre + tl.load(b4_ptr + offs_c)[None, :])
+    u = (t.to(tl.float32) * gate).to(u_ptr.dtype.element_ty)
+    u_ptrs = u_ptr + n64 * stride_un + h[:, None] * stride_uh + w[:, None] * stride_uw + offs_c[None, :] * stride_uc
+    tl.store(u_ptrs, u, mask=m2d)
+
+    if HAS_CCA:
+        # Statistics of u as stored (what every consumer of u reads).
+        count = tl.minimum(HW - tile * BLOCK_P, BLOCK_P)
+        mean, m2 = cca_tile_partials(u.to(tl.float32), pmask, count)
+        if cca_publish_partials(ws_ptr, cnt_ptr, n, tile, T, mean, m2, C):
+            cca_finalize(
+                ws_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, s_ptr, n, T, HW, stride_sn, stride_sc, BLOCK_P, BLOCK_T, C, R
+            )

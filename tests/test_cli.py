@@ -1,0 +1,417 @@
+"""End-to-end tests of ``bcrn-fast`` on small generated images and a checkpoint with random weights."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from bcrn_fast.checkpoint import load_checkpoint, save_checkpoint
+from bcrn_fast.cli import main
+from bcrn_fast.imageio import read_image, read_rgb_uint8, to_uint8
+from bcrn_fast.metrics import evaluate_pair
+from bcrn_fast.model import BCRN
+
+REF = ["--backend", "reference"]
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An x2 checkpoint with random (seeded) weights."""
+    torch.manual_seed(0)
+    model = BCRN(2)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return save_checkpoint(model, tmp_path_factory.mktemp("ckpt") / "bcrn_x2.safetensors")
+
+
+def smooth_image(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """A smooth random RGB image (so bicubic downscaling and SR make sense)."""
+    r = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    chans = []
+    for _ in range(3):
+        fy, fx, ph = r.uniform(0.05, 0.3), r.uniform(0.05, 0.3), r.uniform(0, 6)
+        chans.append(128 + 90 * np.sin(fy * yy + ph) * np.cos(fx * xx))
+    return np.stack(chans, axis=2).round().clip(0, 255).astype(np.uint8)
+
+
+def save_rgb(path: Path, h: int = 18, w: int = 21, seed: int = 0) -> Path:
+    Image.fromarray(smooth_image(h, w, seed)).save(path)
+    return path
+
+
+def expected_sr(weights: Path, path: Path) -> np.ndarray:
+    model = load_checkpoint(weights)
+    x, _ = read_image(path)
+    with torch.inference_mode():
+        return to_uint8(model(x))
+
+
+def one_error_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, f"expected one line on stderr, got: {err!r}"
+    assert lines[0].startswith("bcrn-fast: error: "), lines[0]
+    assert "Traceback" not in err
+    return lines[0]
+
+
+# ---------------------------------------------------------------- upscale
+
+
+def test_upscale_one_file(tmp_path: Path, weights: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = save_rgb(tmp_path / "pic.png", 18, 21)
+    out_dir = tmp_path / "out" / "nested"
+    assert main(["upscale", str(src), "-o", str(out_dir), "--weights", str(weights), *REF]) == 0
+    out = out_dir / "pic_x2.png"
+    assert capsys.readouterr().out.strip() == str(out)
+    with Image.open(out) as im:
+        assert im.format == "PNG" and im.mode == "RGB" and im.size == (42, 36)
+        got = np.array(im)
+    assert np.array_equal(got, expected_sr(weights, src))
+    assert [p.name for p in out_dir.iterdir()] == ["pic_x2.png"]  # no temp files left behind
+
+
+def test_upscale_folder(tmp_path: Path, weights: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    save_rgb(src / "a.png", 16, 17, seed=1)
+    save_rgb(src / "b.JPG", 20, 16, seed=2)
+    save_rgb(src / "c.bmp", 15, 15, seed=3)
+    (src / "notes.txt").write_text("not an image")
+    out_dir = tmp_path / "out"
+    assert main(["upscale", str(src), "-o", str(out_dir), "--weights", str(weights), *REF, "--no-progress"]) == 0
+    sizes = {}
+    for p in sorted(out_dir.iterdir()):
+        with Image.open(p) as im:
+            sizes[p.name] = im.size
+    assert sizes == {"a_x2.png": (34, 32), "b_x2.png": (32, 40), "c_x2.png": (30, 30)}
+    assert np.array_equal(np.array(Image.open(out_dir / "b_x2.png")), expected_sr(weights, src / "b.JPG"))
+    assert capsys.readouterr().out.split() == [str(out_dir / n) for n in ("a_x2.png", "b_x2.png", "c_x2.png")]
+
+
+def test_refuses_to_overwrite(tmp_path: Path, weights: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = save_rgb(tmp_path / "pic.png")
+    out = tmp_path / "pic_x2.png"
+    out.write_bytes(b"precious")
+    args = ["upscale", str(src), "-o", str(tmp_path), "--weights", str(weights), *REF]
+    assert main(args) == 2
+    assert "already exists; pass --overwrite" in one_error_line(capsys.readouterr().err)
+    assert out.read_bytes() == b"precious"
+    assert main([*args, "--overwrite"]) == 0
+    assert np.array_equal(np.array(Image.open(out)), expected_sr(weights, src))
+
+
+def test_never_overwrites_an_input(tmp_path: Path, weights: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    a = save_rgb(tmp_path / "pic.png", seed=1)
+    b = save_rgb(tmp_path / "pic_x2.png", seed=2)  # would be the output of pic.png
+    before = b.read_bytes()
+    args = ["upscale", str(a), str(b), "-o", str(tmp_path), "--weights", str(weights), *REF, "--overwrite"]
+    assert main(args) == 2
+    assert "is an input image; refusing to overwrite" in one_error_line(capsys.readouterr().err)
+    assert b.read_bytes() == before
+    assert not (tmp_path / "pic_x2_x2.png").exists()
+
+
+def test_two_inputs_same_output(tmp_path: Path, weights: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    a = save_rgb(tmp_path / "pic.png", seed=1)
+    b = save_rgb(tmp_path / "pic.bmp", seed=2)
+    assert main(["upscale", str(a), str(b), "-o", str(tmp_path / "o"), "--weights", str(weights), *REF]) == 2
+    assert "would both be written" in one_error_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize(
+    ("mode", "note"),
+    [("L", "converted grayscale (L) image to RGB"), ("RGBA", "converted RGBA image to RGB; alpha dropped")],
+)
+def test_non_rgb_input_note(
+    tmp_path: Path, weights: Path, capsys: pytest.CaptureFixture[str], mode: str, note: str
+) -> None:
+    src = tmp_path / "img.png"
+    Image.fromarray(smooth_image(16, 18)).convert(mode).save(src)
+    assert main(["upscale", str(src), "-o", str(tmp_path / "o"), "--weights", str(weights), *REF]) == 0
+    err = capsys.readouterr().err.strip()
+    assert err == f"bcrn-fast: note: {src}: {note}"
+    with Image.open(tmp_path / "o" / "img_x2.png") as im:
+        assert im.mode == "RGB" and im.size == (36, 32)
+
+
+def test_too_small_image(tmp_path: Path, weights: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = save_rgb(tmp_path / "tiny.png", 10, 10)
+    assert main(["upscale", str(src), "-o", str(tmp_path / "o"), "--weights", str(weights), *REF]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "tiny.png is 10x10 pixels; ESA needs at least 15x15 LR pixels" in line
+    assert not (tmp_path / "o").exists()
+
+
+def test_missing_input(tmp_path: Path, weights: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["upscale", str(tmp_path / "nope.png"), "-o", str(tmp_path), "--weights", str(weights)]) == 2
+    assert "nope.png: no such file or folder" in one_error_line(capsys.readouterr().err)
+
+
+def test_corrupt_input(tmp_path: Path, weights: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n this is not really a png")
+    assert main(["upscale", str(bad), "-o", str(tmp_path / "o"), "--weights", str(weights), *REF]) == 2
+    assert "bad.png: not a readable image" in one_error_line(capsys.readouterr().err)
+
+
+def test_truncated_input(tmp_path: Path, weights: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good = save_rgb(tmp_path / "good.png", 40, 40)
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(good.read_bytes()[:200])
+    assert main(["upscale", str(cut), "-o", str(tmp_path / "o"), "--weights", str(weights), *REF]) == 2
+    assert "cut.png: cannot read image" in one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())  # nothing half-written
+
+
+def test_wrong_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = save_rgb(tmp_path / "pic.png")
+    torch.save(torch.nn.Linear(3, 3).state_dict(), tmp_path / "linear.pth")
+    assert main(["upscale", str(src), "-o", str(tmp_path / "o"), "--weights", str(tmp_path / "linear.pth")]) == 2
+    assert "not a BCRN checkpoint" in one_error_line(capsys.readouterr().err)
+    assert main(["upscale", str(src), "-o", str(tmp_path / "o"), "--weights", str(tmp_path / "none.pth")]) == 2
+    assert "no such checkpoint file" in one_error_line(capsys.readouterr().err)
+
+
+def test_scale_flag_mismatch(tmp_path: Path, weights: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = save_rgb(tmp_path / "pic.png")
+    assert main(["upscale", str(src), "-o", str(tmp_path), "--weights", str(weights), "--scale", "4", *REF]) == 2
+    assert "scale x4 was requested" in one_error_line(capsys.readouterr().err)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--fused", "--backend", "reference"], "--fused cannot be combined with --backend reference"),
+        (["--dtype", "fp8"], "argument --dtype: invalid choice"),
+        (["--backend", "cuda"], "argument --backend: invalid choice"),
+        (["--device", "floppy"], "unknown device"),
+    ],
+)
+def test_bad_flags(
+    tmp_path: Path, weights: Path, capsys: pytest.CaptureFixture[str], extra: list[str], message: str
+) -> None:
+    src = save_rgb(tmp_path / "pic.png")
+    assert main(["upscale", str(src), "-o", str(tmp_path / "o"), "--weights", str(weights), *extra]) == 2
+    assert message in one_error_line(capsys.readouterr().err)
+
+
+def test_missing_required_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["upscale", "x.png", "--weights", "w.pth"]) == 2
+    assert "required" in one_error_line(capsys.readouterr().err)
+    assert main([]) == 2
+    one_error_line(capsys.readouterr().err)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA error")
+def test_cuda_unavailable(tmp_path: Path, weights: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = save_rgb(tmp_path / "pic.png")
+    assert main(["upscale", str(src), "-o", str(tmp_path / "o"), "--weights", str(weights), "--device", "cuda"]) == 2
+    assert "CUDA is not available" in one_error_line(capsys.readouterr().err)
+
+
+def test_bf16_runs(tmp_path: Path, weights: Path) -> None:
+    src = save_rgb(tmp_path / "pic.png", 16, 16)
+    assert main(["upscale", str(src), "-o", str(tmp_path), "--weights", str(weights), "--dtype", "bf16", *REF]) == 0
+    got = np.array(Image.open(tmp_path / "pic_x2.png")).astype(int)
+    ref = expected_sr(weights, src).astype(int)
+    assert np.abs(got - ref).mean() < 4  # bf16 has ~3 significant digits
+
+
+def test_default_backend_matches_reference(tmp_path: Path, weights: Path) -> None:
+    """Without --backend the fused model is used when available; either way the result is the reference's."""
+    src = save_rgb(tmp_path / "pic.png", 16, 17)
+    assert main(["upscale", str(src), "-o", str(tmp_path), "--weights", str(weights)]) == 0
+    got = np.array(Image.open(tmp_path / "pic_x2.png")).astype(int)
+    assert np.abs(got - expected_sr(weights, src).astype(int)).max() <= 1
+
+
+# ---------------------------------------------------------------- eval
+
+
+def make_pair(root: Path, names: list[str], scale: int = 2) -> tuple[Path, Path]:
+    hr_dir, lr_dir = root / "HR", root / "LR"
+    hr_dir.mkdir()
+    lr_dir.mkdir()
+    for i, name in enumerate(names):
+        hr = Image.fromarray(smooth_image(49, 40, seed=10 + i))  # 49 is not a multiple of 2: modcrop matters
+        hr.save(hr_dir / f"{name}.png")
+        w, h = hr.size
+        hr.crop((0, 0, w - w % scale, h - h % scale)).resize((w // scale, h // scale), Image.BICUBIC).save(
+            lr_dir / f"{name}.png"
+        )
+    return hr_dir, lr_dir
+
+
+def test_eval_tiny_pair(tmp_path: Path, weights: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    hr_dir, lr_dir = make_pair(tmp_path, ["one", "two"])
+    args = ["eval", "--weights", str(weights), "--hr", str(hr_dir), "--lr", str(lr_dir), *REF, "--no-progress"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    rows = {m[0]: (float(m[1]), float(m[2])) for m in re.findall(r"^(\w+)\s+([\d.]+)\s+([\d.]+)$", out, re.M)}
+    assert set(rows) == {"one", "two", "mean"}
+    model = load_checkpoint(weights)
+    expected = []
+    for name in ("one", "two"):
+        hr, _ = read_rgb_uint8(hr_dir / f"{name}.png")
+        x, _ = read_image(lr_dir / f"{name}.png")
+        with torch.inference_mode():
+            p, s = evaluate_pair(to_uint8(model(x)), hr, 2)
+        expected.append((p, s))
+        assert rows[name][0] == pytest.approx(p, abs=0.0005)
+        assert rows[name][1] == pytest.approx(s, abs=0.00005)
+        assert re.search(rf"^{name}\s+\d+\.\d{{3}}\s+\d\.\d{{4}}$", out, re.M)
+    assert rows["mean"][0] == pytest.approx(np.mean([e[0] for e in expected]), abs=0.0005)
+    assert rows["mean"][1] == pytest.approx(np.mean([e[1] for e in expected]), abs=0.00005)
+
+
+def test_eval_unpaired(tmp_path: Path, weights: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    hr_dir, lr_dir = make_pair(tmp_path, ["one", "two"])
+    (lr_dir / "two.png").rename(lr_dir / "deux.png")
+    assert main(["eval", "--weights", str(weights), "--hr", str(hr_dir), "--lr", str(lr_dir), *REF]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "do not pair by file name" in line
+    assert "1 HR images without an LR partner: two" in line
+    assert "1 LR images without an HR partner: deux" in line
+
+
+def test_eval_wrong_scale_folder(tmp_path: Path, weights: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    hr_dir, lr_dir = make_pair(tmp_path, ["one"], scale=3)  # LR is HR/3 but the model is x2
+    assert main(["eval", "--weights", str(weights), "--hr", str(hr_dir), "--lr", str(lr_dir), *REF]) == 2
+    assert "one: LR 13x16 times 2 is 26x32" in one_error_line(capsys.readouterr().err)
+
+
+def test_eval_needs_both_folders(tmp_path: Path, weights: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["eval", "--weights", str(weights), "--hr", str(tmp_path)]) == 2
+    assert "give both --hr and --lr" in one_error_line(capsys.readouterr().err)
+
+
+def test_eval_no_data_dir(
+    tmp_path: Path, weights: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BCRN_DATA_DIR", str(tmp_path / "absent"))
+    assert main(["eval", "--weights", str(weights), *REF]) == 2
+    assert "no data dir found" in one_error_line(capsys.readouterr().err)
+
+
+# ---------------------------------------------------------------- bench, help, subprocess
+
+
+def test_bench_quick(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "--quick", "--size", "16x20", "--iters", "2", "--scale", "3"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"x3 on cpu, input 16x20, 2 iterations: median \d+\.\d{3} ms", out), out
+    assert main(["bench", "--size", "big"]) == 2
+    assert "HxW" in one_error_line(capsys.readouterr().err)
+
+
+def test_help_exits_zero(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) == 0
+    assert "upscale" in capsys.readouterr().out
+
+
+def _run_module(args: list[str]) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT))
+    return subprocess.run(
+        [sys.executable, "-m", "bcrn_fast", *args], capture_output=True, text=True, timeout=300, env=env
+    )
+
+
+def test_python_dash_m(tmp_path: Path, weights: Path) -> None:
+    a = save_rgb(tmp_path / "a.png", 16, 16, seed=1)
+    b = save_rgb(tmp_path / "b.bmp", 17, 15, seed=2)
+    proc = _run_module(["upscale", str(a), str(b), "-o", str(tmp_path / "o"), "--weights", str(weights), *REF])
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == [str(tmp_path / "o" / "a_x2.png"), str(tmp_path / "o" / "b_x2.png")]
+    assert np.array_equal(np.array(Image.open(tmp_path / "o" / "b_x2.png")), expected_sr(weights, b))
+    proc = _run_module(["upscale", str(tmp_path / "missing.png"), "-o", str(tmp_path / "o"), "--weights", str(weights)])
+    assert proc.returncode == 2
+    assert "missing.png: no such file or folder" in one_error_line(proc.stderr)
+
+
+# ---------------------------------------------------------------- image I/O helpers used by the CLI
+
+
+def test_find_images_case_insensitive_sorted(tmp_path: Path) -> None:
+    for name in ("b.PNG", "a.jpeg", "C.Jpg", "d.bmp", "e.gif", "f.txt", ".g.png.tmp"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "sub.png").mkdir()
+    from bcrn_fast.imageio import ImageError, find_images
+
+    assert [p.name for p in find_images(tmp_path)] == ["C.Jpg", "a.jpeg", "b.PNG", "d.bmp"]
+    with pytest.raises(ImageError, match="no such folder"):
+        find_images(tmp_path / "absent")
+
+
+def test_read_image_errors_and_16bit(tmp_path: Path) -> None:
+    from bcrn_fast.imageio import ImageError
+
+    with pytest.raises(ImageError, match="is a directory"):
+        read_image(tmp_path)
+    with pytest.raises(ImageError, match="no such file"):
+        read_image(tmp_path / "absent.png")
+    gray16 = (np.arange(16 * 17).reshape(16, 17) * 240).astype(np.uint16)
+    Image.fromarray(gray16).save(tmp_path / "g16.png")
+    x, note = read_image(tmp_path / "g16.png")
+    assert note == "converted 16-bit grayscale (I;16) image to RGB"
+    assert x.shape == (1, 3, 16, 17) and x.dtype == torch.float32
+    assert torch.equal(x[0, 0], x[0, 2])
+    torch.testing.assert_close(x[0, 1], torch.from_numpy(gray16.astype(np.float32) / 65535), rtol=0, atol=1e-7)
+    rgb = smooth_image(15, 16)
+    Image.fromarray(rgb).save(tmp_path / "rgb.bmp")
+    x, note = read_image(tmp_path / "rgb.bmp")
+    assert note is None
+    assert np.array_equal(to_uint8(x), rgb)  # uint8 -> /255 -> x255 round trips exactly
+
+
+def test_write_png_atomic_leaves_no_partial_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bcrn_fast.imageio import write_png_atomic
+
+    dest = tmp_path / "out.png"
+    dest.write_bytes(b"old")
+
+    def broken_save(self: Image.Image, fp, format=None, **kw) -> None:  # noqa: A002, ANN001
+        fp.write(b"\x89PNG partial")
+        raise KeyboardInterrupt  # as if the user pressed Ctrl-C mid-write
+
+    monkeypatch.setattr(Image.Image, "save", broken_save)
+    with pytest.raises(KeyboardInterrupt):
+        write_png_atomic(smooth_image(4, 5), dest)
+    assert dest.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.png"]
+    monkeypatch.undo()
+    write_png_atomic(smooth_image(4, 5), dest)
+    assert np.array_equal(np.array(Image.open(dest)), smooth_image(4, 5))
+    assert [p.name for p in tmp_path.iterdir()] == ["out.png"]
+
+
+def test_eval_defaults_to_set5_of_the_data_dir(
+    tmp_path: Path, weights: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bcrn_fast.evaluate import default_data_dir
+
+    data = tmp_path / "data"
+    hr_dir, lr_dir = make_pair(tmp_path, ["bird"])
+    (data / "Set5" / "LR_bicubic").mkdir(parents=True)
+    hr_dir.rename(data / "Set5" / "HR")
+    lr_dir.rename(data / "Set5" / "LR_bicubic" / "X2")
+    monkeypatch.setenv("BCRN_DATA_DIR", str(data))
+    assert default_data_dir() == data
+    assert main(["eval", "--weights", str(weights), *REF]) == 0
+    out = capsys.readouterr().out
+    assert str(data / "Set5" / "LR_bicubic" / "X2") in out
+    assert re.search(r"^bird\s+\d+\.\d{3}\s+\d\.\d{4}$", out, re.M)
+    monkeypatch.setenv("BCRN_DATA_DIR", str(tmp_path / "elsewhere"))
+    assert default_data_dir() is None
+    assert main(["eval", "--weights", str(weights), "--data-dir", str(data), *REF]) == 0
+    assert re.search(r"^mean\s+\d+\.\d{3}\s+\d\.\d{4}$", capsys.readouterr().out, re.M)

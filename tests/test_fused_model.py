@@ -1,0 +1,209 @@
+"""BCRNFused vs the reference BCRN: random weights, official weights, Set5, compile."""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from bcrn_fast import BCRN
+from bcrn_fast.fused import BCRNFused, FusedBCB, FusedBSConv, fuse_
+from bcrn_fast.validation import InputError
+from tests.utils import QUICK, assert_close_to_ref, guarded
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _data_dir() -> Path | None:
+    root = os.environ.get("BCRN_DATA_DIR") or str(Path(__file__).resolve().parents[1].parent / "shared" / "data")
+    return Path(root) if Path(root, "bcrn_official").is_dir() else None
+
+
+DATA = _data_dir()
+needs_data = pytest.mark.skipif(DATA is None, reason="official weights/Set5 not found (set BCRN_DATA_DIR)")
+
+
+def _random_bcrn(scale: int, seed: int = 0) -> BCRN:
+    torch.manual_seed(seed)
+    model = BCRN(scale)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model.eval()
+
+
+def _official(scale: int) -> BCRN:
+    sd = torch.load(DATA / "bcrn_official" / f"best_epoch_x{scale}.pth", map_location="cpu", weights_only=True)
+    model = BCRN(scale)
+    model.load_state_dict(sd, strict=True)
+    return model.eval()
+
+
+def _ref64(model: BCRN, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return copy.deepcopy(model).double()(x.double())
+
+
+def test_same_state_dict_as_reference():
+    ref = _random_bcrn(4)
+    fused = BCRNFused(4)
+    assert list(fused.state_dict()) == list(ref.state_dict())
+    fused.load_state_dict(ref.state_dict(), strict=True)
+    ref2 = BCRN(4)
+    ref2.load_state_dict(fused.state_dict(), strict=True)
+    assert sum(p.numel() for p in fused.parameters()) == 289_232
+    assert all(isinstance(getattr(fused, f"convNext{k}"), FusedBCB) for k in range(1, 7))
+    assert isinstance(fused.conv1, FusedBSConv) and isinstance(fused.conv2, FusedBSConv)
+
+
+# (scale, dtype, shape): the interpreter is slow on a whole model, so the Triton
+# cases spread shapes over scales and dtypes; the torch backend runs them all.
+TRITON_CASES = [
+    (4, torch.float32, (2, 17, 23)),
+    (4, torch.float16, (1, 15, 15)),
+    (3, torch.float32, (1, 15, 15)),
+    (3, torch.float16, (1, 17, 23)),
+    (2, torch.float32, (1, 31, 20)),
+    (2, torch.float16, (2, 15, 16)),
+]
+if QUICK:
+    TRITON_CASES = TRITON_CASES[:2]
+TORCH_CASES = [(s, d, shape) for s in (2, 3, 4) for d in (torch.float32, torch.float16)
+               for shape in ((1, 15, 15), (2, 17, 23), (1, 31, 20))]
+CASES = [("triton", *c) for c in TRITON_CASES] + [("torch", *c) for c in TORCH_CASES]
+
+
+@pytest.mark.parametrize(
+    "backend,scale,dtype,shape", CASES,
+    ids=[f"{b}-x{s}-{str(d)[6:]}-{'x'.join(map(str, sh))}" for b, s, d, sh in CASES],
+)
+def test_bcrn_fused_matches_reference(scale, dtype, backend, shape):
+    ref = _random_bcrn(scale).to(DEVICE)
+    fused = BCRNFused.from_reference(ref, backend=backend).to(dtype)
+    torch.manual_seed(1)
+    x = torch.rand(*shape[:1], 3, *shape[1:], device=DEVICE)
+    expected = _ref64(ref, x)
+    with torch.inference_mode():
+        out = fused(guarded(x.to(dtype)))
+    assert out.shape == (shape[0], 3, scale * shape[1], scale * shape[2])
+    assert_close_to_ref(out.float(), expected, dtype, name=f"BCRNFused x{scale} {backend}")
+
+
+def test_built_under_inference_mode():
+    with torch.inference_mode():
+        model = BCRNFused(2, backend="torch")
+        out = model(torch.rand(1, 3, 15, 15))
+    assert out.shape == (1, 3, 30, 30) and torch.isfinite(out).all()
+
+
+def test_fuse_in_place_shares_weights():
+    model = _random_bcrn(2)
+    params = {k: p for k, p in model.named_parameters()}
+    x = torch.rand(1, 3, 16, 18)
+    with torch.no_grad():
+        expected = model(x)
+    same = fuse_(model, backend="torch")
+    assert same is model and isinstance(model, BCRNFused)
+    for k, p in model.named_parameters():
+        assert p is params[k]
+    with torch.inference_mode():
+        torch.testing.assert_close(model(x), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_fuse_in_place_inside_a_container():
+    holder = torch.nn.Sequential(_random_bcrn(2))
+    fuse_(holder, backend="torch")
+    assert isinstance(holder[0], BCRNFused)
+
+
+def test_input_checks():
+    model = BCRNFused(2, backend="torch")
+    with torch.inference_mode():
+        with pytest.raises(InputError, match="15x15"):
+            model(torch.rand(1, 3, 14, 40))
+        with pytest.raises(InputError, match="3 channels"):
+            model(torch.rand(1, 4, 20, 20))
+        with pytest.raises(InputError, match="4-D"):
+            model(torch.rand(3, 20, 20))
+        with pytest.raises(InputError, match="dtype"):
+            model(torch.rand(1, 3, 20, 20, dtype=torch.float16))
+    with pytest.raises(ValueError, match="backend"):
+        BCRNFused(2, backend="vulkan")
+
+
+def test_constant_image_is_finite():
+    model = BCRNFused.from_reference(_random_bcrn(4), backend="torch")
+    with torch.inference_mode():
+        out = model(torch.full((1, 3, 16, 16), 0.5))
+    assert torch.isfinite(out).all()
+
+
+@needs_data
+@pytest.mark.parametrize("scale", [2, 4])
+def test_official_weights_on_set5_crops_triton(scale):
+    """Interpreter run of the Triton kernels with the official weights on a Set5 LR crop."""
+    from bcrn_fast.imageio import read_image
+
+    ref = _official(scale).to(DEVICE)
+    fused = BCRNFused.from_reference(ref, backend="triton")
+    lr_dir = DATA / "Set5" / "LR_bicubic" / f"X{scale}"
+    names = sorted(p.name for p in lr_dir.iterdir())[: 1 if QUICK else 2]
+    for name in names:
+        x, _ = read_image(lr_dir / name)
+        x = x[:, :, 10:34, 7:33].to(DEVICE)  # 24 x 26 crop: the interpreter is slow at full size
+        expected = _ref64(ref, x)
+        with torch.no_grad():
+            ref32 = ref(x)  # PyTorch's own fp32 error sets the floor: the trained net amplifies rounding
+        for dtype in (torch.float32, torch.float16):
+            with torch.inference_mode():
+                out = fused.to(dtype)(x.to(dtype))
+            same = ref32 if dtype == torch.float32 else None
+            assert_close_to_ref(out.float(), expected, dtype, same, name=f"Set5 {name} x{scale}")
+        fused.float()
+
+
+@pytest.mark.slow
+@needs_data
+@pytest.mark.parametrize("scale,expected_psnr", [(4, 32.208), (2, 37.954)])
+def test_torch_backend_reproduces_set5(scale, expected_psnr):
+    from bcrn_fast.evaluate import evaluate
+
+    model = BCRNFused.from_reference(_official(scale), backend="torch")
+    hr = DATA / "Set5" / "HR"
+    lr = DATA / "Set5" / "LR_bicubic" / f"X{scale}"
+    results = evaluate(model, hr, lr, scale, progress=False)
+    mean = sum(r.psnr for r in results) / len(results)
+    assert abs(mean - expected_psnr) < 1e-3, f"mean PSNR {mean:.4f} dB vs paper protocol {expected_psnr}"
+
+
+def test_torch_compile_fullgraph_no_graph_break():
+    model = BCRNFused.from_reference(_random_bcrn(2), backend="torch")
+    x = torch.rand(1, 3, 16, 17)
+    with torch.inference_mode():
+        expected = model(x)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    with torch.inference_mode():
+        out = compiled(x)
+    torch.testing.assert_close(out, expected)
+
+
+@pytest.mark.slow
+def test_torch_compile_inductor_cpu():
+    model = BCRNFused.from_reference(_random_bcrn(2), backend="torch")
+    x = torch.rand(1, 3, 16, 17)
+    with torch.inference_mode():
+        expected = model(x)
+    torch._dynamo.reset()
+    try:
+        compiled = torch.compile(model, fullgraph=True, backend="inductor")
+        with torch.inference_mode():
+            out = compiled(x)
+    except Exception as exc:  # pragma: no cover - environment without a C++ toolchain
+        if "compiler" in str(exc).lower() and "not found" in str(exc).lower():
+            pytest.skip(f"inductor CPU backend unavailable: {exc}")
+        raise
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)

@@ -1,0 +1,304 @@
+"""bcrn_fast::bsconv (fused BSConvU) against the reference modules, both backends.
+
+Every BSConvU shape BCRN uses: conv1 (Cin 3), the BCB conv (64, CCA scale on
+load), the 1x1 form, ESA's stride-2 valid 3x3, the tail conv2 (Cin 384 from a
+channel slice, scale + GELU + residual) and the upsampler (pixel-shuffle store,
+r = 2, 3, 4). Inputs are NaN guard-banded views; Triton outputs are written
+into NaN-poisoned, guard-banded buffers.
+"""
+
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import copy  # noqa: E402
+import shutil  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from bsconv.pytorch import BSConvU  # noqa: E402
+from torch import nn  # noqa: E402
+
+from bcrn_fast.model import make_upsampler  # noqa: E402
+from bcrn_fast.ops import _common  # noqa: E402
+from bcrn_fast.ops.bsconv import (  # noqa: E402
+    BSConvPack,
+    bsconv,
+    bsconv_packed,
+    bsconv_triton,
+    pack_bsconv,
+    pack_upsampler,
+)
+from bcrn_fast.validation import InputError  # noqa: E402
+from tests.utils import assert_close_to_ref, guarded, rel_error  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+INTERPRETED = DEVICE == "cpu"
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+def _skip_triton_bf16(dtype: torch.dtype) -> None:
+    if INTERPRETED and dtype == torch.bfloat16:
+        pytest.skip(
+            "Triton interpreter: tl.dot on bfloat16 operands multiplies their raw uint16 bit patterns "
+            "(interpreter stores bf16 as uint16 and calls np.matmul on it); bf16 checked on the torch backend"
+        )
+
+
+# id: (N, Cin, Cout, k, stride, pad, H, W, act, in_scale, residual, shuffle, layout)
+CASES = {
+    "conv1_cin3": (2, 3, 64, 3, 1, 1, 17, 23, 0, False, False, 0, "nchw"),
+    "bcb_conv_scale_relu": (1, 64, 64, 3, 1, 1, 15, 15, 1, True, False, 0, "nhwc"),
+    "k1_64to16": (2, 64, 16, 1, 1, 0, 31, 9, 0, False, False, 0, "nchw"),
+    "k1_gelu_res": (1, 16, 16, 1, 1, 0, 15, 15, 2, True, True, 0, "nhwc"),
+    "esa_stride2_valid": (2, 16, 16, 3, 2, 0, 17, 23, 0, False, False, 0, "nhwc"),
+    "tail_cin384": (2, 384, 64, 3, 1, 1, 9, 13, 2, True, True, 0, "slice"),
+    "up_x2_res": (1, 64, 12, 3, 1, 1, 15, 15, 0, False, True, 2, "nhwc"),
+    "up_x3": (2, 64, 27, 3, 1, 1, 9, 13, 0, False, False, 3, "nchw"),
+    "up_x4": (1, 64, 48, 3, 1, 1, 17, 23, 0, False, False, 4, "nhwc"),
+}
+
+
+def _make_module(cin, cout, k, stride, pad, shuffle, seed=0) -> nn.Module:
+    torch.manual_seed(seed)
+    if shuffle:
+        assert cout == 3 * shuffle * shuffle
+        m = make_upsampler(cin, shuffle)
+    else:
+        m = BSConvU(cin, cout, kernel_size=k, stride=stride, padding=pad)
+    with torch.no_grad():  # random, non-trivial biases
+        for mod in m.modules():
+            if isinstance(mod, nn.Conv2d) and mod.bias is not None:
+                mod.bias.normal_(0.0, 0.2)
+    return m.to(DEVICE)
+
+
+def _act(y: torch.Tensor, act: int) -> torch.Tensor:
+    return torch.relu(y) if act == 1 else F.gelu(y) if act == 2 else y
+
+
+def _place(x: torch.Tensor, layout: str) -> torch.Tensor:
+    """A NaN guard-banded view of x: NCHW, channels-last, or a channel slice of a wider NHWC buffer."""
+    if layout == "slice":
+        n, c, h, w = x.shape
+        wide = torch.full((n, c + 16, h, w), float("nan"), dtype=x.dtype, device=x.device)
+        wide[:, 8 : 8 + c] = x
+        return guarded(wide, channels_last=True)[:, 8 : 8 + c]
+    return guarded(x, channels_last=layout == "nhwc")
+
+
+def _poisoned_out(shape, dtype, shuffle) -> torch.Tensor:
+    """A NaN-filled output buffer inside a NaN guard band, in the op's output layout."""
+    return guarded(torch.full(shape, float("nan"), dtype=dtype, device=DEVICE), channels_last=not shuffle)
+
+
+def _check_guard_untouched(out: torch.Tensor) -> None:
+    base = out._base
+    assert base is not None
+    assert torch.isfinite(out).all(), "output has NaN/Inf (unwritten element or stray read)"
+    n_nan = int(torch.isnan(base).sum())
+    assert n_nan == base.numel() - out.numel(), "kernel wrote outside its output view"
+
+
+def _build(case: str, dtype: torch.dtype):
+    n, cin, cout, k, stride, pad, h, w, act, has_scale, has_res, shuffle, layout = CASES[case]
+    m = _make_module(cin, cout, k, stride, pad, shuffle)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(n, cin, h, w, generator=gen).to(DEVICE, dtype)
+    s = (0.5 + torch.rand(n, cin, generator=gen)).to(DEVICE) if has_scale else None
+    ho, wo = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
+    r = max(shuffle, 1)
+    out_shape = (n, cout // (r * r), ho * r, wo * r)
+    res = torch.randn(out_shape, generator=gen).to(DEVICE, dtype) if has_res else None
+
+    # float64 reference from the module itself (inputs as the kernel sees them)
+    m64 = copy.deepcopy(m).double()
+    x64 = x.double() * (s.double()[:, :, None, None] if s is not None else 1.0)
+    ref64 = _act(m64(x64), act) + (res.double() if res is not None else 0.0)
+    # PyTorch's own result in the storage dtype
+    mdt = copy.deepcopy(m).to(dtype)
+    xdt = x * s[:, :, None, None].to(dtype) if s is not None else x
+    ref_dt = _act(mdt(xdt), act) + (res if res is not None else 0.0)
+
+    pack = pack_upsampler(m, dtype) if shuffle else pack_bsconv(m, dtype)
+    xin = _place(x, layout)
+    resin = guarded(res, channels_last=layout != "nchw") if res is not None else None
+    return pack, xin, s, resin, act, ref64, ref_dt, out_shape
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", list(CASES))
+def test_bsconv_triton(case, dtype):
+    _skip_triton_bf16(dtype)
+    pack, x, s, res, act, ref64, ref_dt, out_shape = _build(case, dtype)
+    out = _poisoned_out(out_shape, dtype, pack.shuffle)
+    y = bsconv_triton(
+        x, pack.pw_t, pack.dw, pack.bias, s, res, pack.ksize, pack.stride, pack.padding, act, pack.shuffle,
+        "ieee", out=out,
+    )  # fmt: skip
+    assert y is out
+    _check_guard_untouched(out)
+    assert_close_to_ref(y, ref64, dtype, ref_dt, name=f"bsconv[triton] {case}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", list(CASES))
+def test_bsconv_torch(case, dtype):
+    pack, x, s, res, act, ref64, ref_dt, out_shape = _build(case, dtype)
+    y = bsconv_packed(x, pack, in_scale=s, residual=res, act=act, backend="torch")
+    assert y.dtype == dtype and tuple(y.shape) == out_shape
+    if pack.shuffle:
+        assert y.is_contiguous(), "pixel-shuffled output must be NCHW contiguous"
+    else:
+        assert y.is_contiguous(memory_format=torch.channels_last), "output must be channels-last"
+    assert_close_to_ref(y, ref64, dtype, ref_dt, name=f"bsconv[torch] {case}")
+
+
+def test_pixel_shuffle_store_matches_nn_pixelshuffle():
+    """The shuffled store equals nn.PixelShuffle applied to the unshuffled fused result."""
+    for r in (2, 3, 4):
+        m = _make_module(16, 3 * r * r, 3, 1, 1, r)
+        x = torch.randn(1, 16, 9, 7, device=DEVICE)
+        packed = pack_upsampler(m)
+        plain = BSConvPack(*packed[:6], shuffle=0)
+        y_plain = bsconv_triton(x, *plain[:3], None, None, 3, 1, 1, 0, 0)
+        y_shuf = bsconv_triton(x, *packed[:3], None, None, 3, 1, 1, 0, r)
+        torch.testing.assert_close(y_shuf, nn.PixelShuffle(r)(y_plain), rtol=0, atol=0)
+        assert y_shuf.is_contiguous() and y_shuf.shape == (1, 3, 9 * r, 7 * r)
+
+
+def test_op_dispatch_triton_matches_launcher():
+    pack, x, s, res, act, *_ = _build("k1_gelu_res", torch.float32)
+    y_op = bsconv_packed(x, pack, in_scale=s, residual=res, act=act, backend="triton")
+    y_launch = bsconv_triton(x, *pack[:3], s, res, pack.ksize, pack.stride, pack.padding, act, 0)
+    torch.testing.assert_close(y_op, y_launch, rtol=0, atol=0)
+    assert y_op.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("value", [0.0, 0.7, -3.0])
+def test_constant_input_is_finite(backend, value):
+    m = _make_module(64, 48, 3, 1, 1, 4)
+    pack = pack_upsampler(m, torch.float16)
+    x = torch.full((1, 64, 15, 15), value, dtype=torch.float16, device=DEVICE)
+    s = torch.ones(1, 64, device=DEVICE)
+    y = bsconv_packed(x, pack, in_scale=s, act=2, backend=backend)
+    assert torch.isfinite(y).all()
+    ref = F.gelu(m.double()(x.double()))
+    assert_close_to_ref(y, ref, torch.float16, name="constant input")
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _pack(cin=16, cout=16, k=3, dtype=torch.float32):
+    return pack_bsconv(BSConvU(cin, cout, kernel_size=k, padding=k // 2).to(DEVICE), dtype)
+
+
+@pytest.mark.parametrize(
+    "mutate, exc, match",
+    [
+        (lambda a: a.update(x=a["x"][0]), InputError, "4-D"),
+        (lambda a: a.update(x=a["x"][:, :8]), InputError, "channels"),
+        (lambda a: a.update(x=a["x"].double()), TypeError, "float32, float16 or bfloat16"),
+        (lambda a: a.update(x=a["x"].half()), InputError, "re-pack"),
+        (lambda a: a.update(pw_t=a["pw_t"].to("meta")), InputError, "pw_t is on meta"),
+        (lambda a: a.update(dw=a["dw"].to("meta")), InputError, "dw is on meta"),
+        (lambda a: a.update(dw=a["dw"][:4]), InputError, "dw: expected shape"),
+        (lambda a: a.update(bias=a["bias"].half()), InputError, "bias: expected dtype"),
+        (lambda a: a.update(in_scale=torch.ones(2, 16, device=DEVICE)), InputError, "in_scale: expected shape"),
+        (lambda a: a.update(in_scale=torch.ones(1, 16, device=DEVICE).half()), InputError, "in_scale: expected dtype"),
+        (lambda a: a.update(residual=torch.zeros(1, 16, 8, 9, device=DEVICE)), InputError, "residual: expected shape"),
+        (lambda a: a.update(shuffle=3), InputError, "divisible"),
+        (lambda a: a.update(act=5), InputError, "act must be"),
+        (lambda a: a.update(precision="fp64"), ValueError, "precision"),
+        (lambda a: a.update(backend="cuda"), ValueError, "backend"),
+        (lambda a: a.update(x=a["x"][:, :, :2, :2], stride=2, padding=0), InputError, "too small"),
+    ],
+)
+def test_validation_errors(mutate, exc, match):
+    pack = _pack()
+    args = dict(x=torch.randn(1, 16, 9, 9, device=DEVICE), pw_t=pack.pw_t, dw=pack.dw, bias=pack.bias)
+    mutate(args)
+    with pytest.raises(exc, match=match):
+        bsconv(**args)
+
+
+def test_pack_rejects_bad_modules():
+    with pytest.raises(InputError, match="no bias"):
+        pack_bsconv((nn.Conv2d(4, 8, 1, bias=True), nn.Conv2d(8, 8, 3, padding=1, groups=8)))
+    with pytest.raises(InputError, match="depthwise"):
+        pack_bsconv((nn.Conv2d(4, 8, 1, bias=False), nn.Conv2d(8, 8, 3, padding=1)))
+    with pytest.raises(InputError, match="PixelShuffle"):
+        pack_upsampler(nn.Sequential(nn.Conv2d(4, 12, 1, bias=False)))
+
+
+# --------------------------------------------------------------------------- torch.library / torch.compile
+
+
+def _opcheck_args(shuffle: bool, extras: bool):
+    if shuffle:
+        pack = pack_upsampler(_make_module(16, 12, 3, 1, 1, 2))
+    else:
+        pack = _pack()
+    x = torch.randn(2, 16, 7, 5, device=DEVICE).to(memory_format=torch.channels_last)
+    s = torch.rand(2, 16, device=DEVICE) if extras else None
+    r = 2 if shuffle else 1
+    res = torch.randn(2, pack.pw_t.shape[1] // (r * r), 7 * r, 5 * r, device=DEVICE) if extras else None
+    return (x, pack.pw_t, pack.dw, pack.bias, s, res, 3, 1, 1, 2 if extras else 0, pack.shuffle, "ieee", "torch")
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+@pytest.mark.parametrize("extras", [False, True])
+def test_opcheck(shuffle, extras):
+    torch.library.opcheck(torch.ops.bcrn_fast.bsconv.default, _opcheck_args(shuffle, extras))
+
+
+def _compile_fn():
+    def fn(x, pw_t, dw, bias, s, res, up_pw, up_dw, up_b):
+        y = bsconv(x, pw_t, dw, bias, in_scale=s, residual=res, act=2, backend="torch")
+        return bsconv(y, up_pw, up_dw, up_b, shuffle=2, backend="torch")
+
+    p = _pack()
+    up = pack_upsampler(_make_module(16, 12, 3, 1, 1, 2))
+    x = torch.randn(2, 16, 7, 5, device=DEVICE)
+    args = (x, p.pw_t, p.dw, p.bias, torch.rand(2, 16, device=DEVICE), torch.randn(2, 16, 7, 5, device=DEVICE),
+            up.pw_t, up.dw, up.bias)  # fmt: skip
+    return fn, args
+
+
+def test_torch_compile_eager_fullgraph():
+    torch._dynamo.reset()
+    fn, args = _compile_fn()
+    torch.testing.assert_close(torch.compile(fn, fullgraph=True, backend="eager")(*args), fn(*args))
+
+
+def test_torch_compile_inductor_fullgraph():
+    if not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
+        pytest.skip("inductor's CPU backend needs a C++ compiler; none found")
+    torch._dynamo.reset()
+    fn, args = _compile_fn()
+    try:
+        compiled = torch.compile(fn, fullgraph=True, backend="inductor")
+        out = compiled(*args)
+    except torch._dynamo.exc.BackendCompilerFailed as e:  # toolchain problem, not a graph break
+        pytest.skip(f"inductor CPU compile unavailable: {e}")
+    torch.testing.assert_close(out, fn(*args))
+
+
+def test_compute_dtype_of_packs():
+    for dt in DTYPES:
+        p = _pack(dtype=dt)
+        assert p.pw_t.dtype == _common.compute_dtype(dt)
+        assert p.dw.dtype == torch.float32 and p.bias.dtype == torch.float32
+
+
+def test_tf32_mode_config():
+    """precision="tf32" picks another launch config (the interpreter runs its dots in full fp32)."""
+    pack, x, s, res, act, ref64, ref_dt, out_shape = _build("bcb_conv_scale_relu", torch.float32)
+    y = bsconv_packed(x, pack, in_scale=s, residual=res, act=act, precision="tf32", backend="triton")
+    if INTERPRETED:
+        assert_close_to_ref(y, ref64, torch.float32, ref_dt, name="bsconv[triton, tf32]")
+    else:  # precision contract for tf32 dots
+        assert rel_error(y, ref64) < 1e-3

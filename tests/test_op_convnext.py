@@ -1,0 +1,262 @@
+"""bcrn_fast::convnext (fused ConvNeXt block + ESA pre-map epilogue), both backends.
+
+References: ``bcrn_fast.model.ConvNeXtBlock`` and ``esa.conv2.pw(esa.conv1(y))``
+in float64. Inputs are NaN guard-banded views; Triton outputs are written into
+NaN-poisoned, guard-banded buffers.
+"""
+
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import copy  # noqa: E402
+import shutil  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from bcrn_fast.model import ESA, ConvNeXtBlock  # noqa: E402
+from bcrn_fast.ops import _common  # noqa: E402
+from bcrn_fast.ops.convnext import (  # noqa: E402
+    convnext,
+    convnext_packed,
+    convnext_triton,
+    pack_convnext,
+    pack_esa_pre,
+)
+from bcrn_fast.validation import InputError  # noqa: E402
+from tests.utils import assert_close_to_ref, guarded, rel_error  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+INTERPRETED = DEVICE == "cpu"
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+# id: (N, H, W, layout, esa epilogue)
+CASES = {
+    "n2_17x23_nchw_esa": (2, 17, 23, "nchw", True),
+    "n1_15x15_nhwc_esa": (1, 15, 15, "nhwc", True),
+    "n2_31x9_nchw": (2, 31, 9, "nchw", False),
+    "n1_9x13_nhwc": (1, 9, 13, "nhwc", False),
+}
+
+
+def _skip_triton_bf16(dtype: torch.dtype) -> None:
+    if INTERPRETED and dtype == torch.bfloat16:
+        pytest.skip(
+            "Triton interpreter: tl.dot on bfloat16 operands multiplies their raw uint16 bit patterns "
+            "(interpreter stores bf16 as uint16 and calls np.matmul on it); bf16 checked on the torch backend"
+        )
+
+
+def _modules(seed: int = 0) -> tuple[ConvNeXtBlock, ESA]:
+    """Random block and ESA, scaled so the MLP branch is as large as the residual."""
+    torch.manual_seed(seed)
+    block, esa = ConvNeXtBlock(), ESA()
+    with torch.no_grad():
+        block.c1_d_3.weight.normal_(0.0, 1 / 3)
+        block.c1_r_1.weight.normal_(0.0, 1 / 8)
+        block.c1_r_2.weight.normal_(0.0, 1 / 8)
+        for conv in (block.c1_d_3, block.c1_r_1, block.c1_r_2, esa.conv1.dw):
+            conv.bias.normal_(0.0, 0.2)
+    return block.to(DEVICE), esa.to(DEVICE)
+
+
+def _build(case: str, dtype: torch.dtype):
+    n, h, w, layout, with_esa = CASES[case]
+    block, esa = _modules()
+    gen = torch.Generator().manual_seed(1)
+    t = torch.randn(n, 64, h, w, generator=gen).to(DEVICE, dtype)
+    b64, e64 = copy.deepcopy(block).double(), copy.deepcopy(esa).double()
+    y64 = b64(t.double())
+    a64 = e64.conv2.pw(e64.conv1(y64))
+    bdt, edt = copy.deepcopy(block).to(dtype), copy.deepcopy(esa).to(dtype)
+    ydt = bdt(t)
+    adt = edt.conv2.pw(edt.conv1(ydt))
+    pack = pack_convnext(block, dtype)
+    epack = pack_esa_pre(esa, dtype) if with_esa else None
+    tin = guarded(t, channels_last=layout == "nhwc")
+    return pack, epack, tin, (y64, a64), (ydt, adt)
+
+
+def _poisoned(shape, dtype) -> torch.Tensor:
+    return guarded(torch.full(shape, float("nan"), dtype=dtype, device=DEVICE), channels_last=True)
+
+
+def _check_guard_untouched(out: torch.Tensor) -> None:
+    base = out._base
+    assert torch.isfinite(out).all(), "output has NaN/Inf (unwritten element or stray read)"
+    assert int(torch.isnan(base).sum()) == base.numel() - out.numel(), "kernel wrote outside its output view"
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", list(CASES))
+def test_convnext_triton(case, dtype):
+    _skip_triton_bf16(dtype)
+    pack, epack, t, (y64, a64), (ydt, adt) = _build(case, dtype)
+    y_out = _poisoned(tuple(t.shape), dtype)
+    a_out = _poisoned((t.shape[0], 16, t.shape[2], t.shape[3]), dtype) if epack else None
+    esa_args = (epack.a_w, epack.a_b) if epack else (None, None)
+    y, a = convnext_triton(t, *pack, *esa_args, "ieee", out=y_out, out_a=a_out)
+    assert y is y_out
+    _check_guard_untouched(y)
+    assert_close_to_ref(y, y64, dtype, ydt, name=f"convnext[triton] {case} y")
+    if epack:
+        assert a is a_out
+        _check_guard_untouched(a)
+        assert_close_to_ref(a, a64, dtype, adt, name=f"convnext[triton] {case} esa pre-map")
+    else:
+        assert a.numel() == 0
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", list(CASES))
+def test_convnext_torch(case, dtype):
+    pack, epack, t, (y64, a64), (ydt, adt) = _build(case, dtype)
+    y, a = convnext_packed(t, pack, epack, backend="torch")
+    assert y.dtype == dtype and y.is_contiguous(memory_format=torch.channels_last)
+    assert_close_to_ref(y, y64, dtype, ydt, name=f"convnext[torch] {case} y")
+    if epack:
+        assert a.dtype == dtype and a.is_contiguous(memory_format=torch.channels_last)
+        assert_close_to_ref(a, a64, dtype, adt, name=f"convnext[torch] {case} esa pre-map")
+    else:
+        assert a.numel() == 0
+
+
+def test_op_dispatch_triton_matches_launcher():
+    pack, epack, t, *_ = _build("n1_9x13_nhwc", torch.float32)
+    epack = pack_esa_pre(_modules()[1])
+    y_op, a_op = convnext_packed(t, pack, epack, backend="triton")
+    y_l, a_l = convnext_triton(t, *pack, epack.a_w, epack.a_b)
+    torch.testing.assert_close(y_op, y_l, rtol=0, atol=0)
+    torch.testing.assert_close(a_op, a_l, rtol=0, atol=0)
+    assert y_op.is_contiguous(memory_format=torch.channels_last)
+    assert a_op.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_esa_fold_matches_module():
+    """The float64 fold itself: Aᵀ·y + a0 == conv2.pw(conv1(y))."""
+    _, esa = _modules()
+    esa = esa.double()
+    y = torch.randn(2, 64, 5, 7, dtype=torch.float64, device=DEVICE)
+    p = pack_esa_pre(esa)  # folded in fp64, A cast to fp32
+    ref = esa.conv2.pw(esa.conv1(y))
+    got = torch.einsum("nchw,ce->nehw", y, p.a_w.double()) + p.a_b.double()[:, None, None]
+    torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("value", [0.0, 0.7, -3.0])
+def test_constant_input_is_finite(backend, value):
+    block, esa = _modules()
+    t = torch.full((1, 64, 15, 15), value, dtype=torch.float16, device=DEVICE)
+    y, a = convnext_packed(t, pack_convnext(block, torch.float16), pack_esa_pre(esa, torch.float16), backend=backend)
+    assert torch.isfinite(y).all() and torch.isfinite(a).all()
+    assert_close_to_ref(y, block.double()(t.double()), torch.float16, name="constant input")
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _args(dtype=torch.float32):
+    block, esa = _modules()
+    p, e = pack_convnext(block, dtype), pack_esa_pre(esa, dtype)
+    t = torch.randn(1, 64, 9, 9, device=DEVICE).to(dtype)
+    return dict(t=t, dw=p.dw, bd=p.bd, w1=p.w1, b1=p.b1, w2=p.w2, b2=p.b2, esa_a=e.a_w, esa_b=e.a_b)
+
+
+@pytest.mark.parametrize(
+    "mutate, exc, match",
+    [
+        (lambda a: a.update(t=a["t"][0]), InputError, "4-D"),
+        (lambda a: a.update(t=a["t"][:, :32]), InputError, "channels"),
+        (lambda a: a.update(t=a["t"].double()), TypeError, "float32, float16 or bfloat16"),
+        (lambda a: a.update(t=a["t"].half()), InputError, "w1: expected dtype"),
+        (lambda a: a.update(w1=a["w1"].to("meta")), InputError, "w1 is on meta"),
+        (lambda a: a.update(b2=a["b2"].to("meta")), InputError, "b2 is on meta"),
+        (lambda a: a.update(w2=a["w2"][:128]), InputError, "w2: expected shape"),
+        (lambda a: a.update(dw=a["dw"].reshape(3, 3, 64)), InputError, "dw: expected shape"),
+        (lambda a: a.update(esa_b=None), InputError, "together"),
+        (lambda a: a.update(esa_a=a["esa_a"][:32]), InputError, "esa_a: expected shape"),
+        (lambda a: a.update(esa_b=a["esa_b"].half()), InputError, "esa_b: expected dtype"),
+        (lambda a: a.update(precision="bf16"), ValueError, "precision"),
+        (lambda a: a.update(backend="cuda"), ValueError, "backend"),
+    ],
+)
+def test_validation_errors(mutate, exc, match):
+    args = _args()
+    mutate(args)
+    with pytest.raises(exc, match=match):
+        convnext(**args)
+
+
+def test_pack_rejects_bad_modules():
+    with pytest.raises(InputError, match="ConvNeXtBlock"):
+        pack_convnext(nn.Conv2d(64, 64, 1))
+    with pytest.raises(InputError, match="ESA"):
+        pack_esa_pre(nn.Conv2d(64, 64, 1))
+    block = ConvNeXtBlock()
+    block.c1_d_3 = nn.Conv2d(64, 64, 3, padding=1)
+    with pytest.raises(InputError, match="depthwise"):
+        pack_convnext(block)
+
+
+def test_pack_dtypes():
+    block, esa = _modules()
+    for dt in DTYPES:
+        p, e = pack_convnext(block, dt), pack_esa_pre(esa, dt)
+        cd = _common.compute_dtype(dt)
+        assert p.w1.dtype == p.w2.dtype == e.a_w.dtype == cd
+        assert all(v.dtype == torch.float32 for v in (p.dw, p.bd, p.b1, p.b2, e.a_b))
+        assert p.w1.shape == (64, 256) and p.w2.shape == (256, 64) and e.a_w.shape == (64, 16)
+
+
+# --------------------------------------------------------------------------- torch.library / torch.compile
+
+
+@pytest.mark.parametrize("with_esa", [False, True])
+def test_opcheck(with_esa):
+    a = _args()
+    t = a["t"][:, :, :7, :5].contiguous()
+    esa = (a["esa_a"], a["esa_b"]) if with_esa else (None, None)
+    args = (t, a["dw"], a["bd"], a["w1"], a["b1"], a["w2"], a["b2"], *esa, "ieee", "torch")
+    torch.library.opcheck(torch.ops.bcrn_fast.convnext.default, args)
+
+
+def _compile_fn():
+    def fn(t, dw, bd, w1, b1, w2, b2, esa_a, esa_b):
+        y, a = convnext(t, dw, bd, w1, b1, w2, b2, esa_a, esa_b, backend="torch")
+        y2, _ = convnext(y, dw, bd, w1, b1, w2, b2, backend="torch")
+        return y2, a
+
+    a = _args()
+    return fn, tuple(a.values())
+
+
+def test_torch_compile_eager_fullgraph():
+    torch._dynamo.reset()
+    fn, args = _compile_fn()
+    torch.testing.assert_close(torch.compile(fn, fullgraph=True, backend="eager")(*args), fn(*args))
+
+
+def test_torch_compile_inductor_fullgraph():
+    if not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
+        pytest.skip("inductor's CPU backend needs a C++ compiler; none found")
+    torch._dynamo.reset()
+    fn, args = _compile_fn()
+    try:
+        out = torch.compile(fn, fullgraph=True, backend="inductor")(*args)
+    except torch._dynamo.exc.BackendCompilerFailed as e:  # toolchain problem, not a graph break
+        pytest.skip(f"inductor CPU compile unavailable: {e}")
+    torch.testing.assert_close(out, fn(*args))
+
+
+def test_tf32_mode_config():
+    """precision="tf32" picks another launch config (the interpreter runs its dots in full fp32)."""
+    pack, epack, t, (y64, a64), (ydt, adt) = _build("n1_15x15_nhwc_esa", torch.float32)
+    y, a = convnext_packed(t, pack, epack, precision="tf32", backend="triton")
+    if INTERPRETED:
+        assert_close_to_ref(y, y64, torch.float32, ydt, name="convnext[triton, tf32] y")
+        assert_close_to_ref(a, a64, torch.float32, adt, name="convnext[triton, tf32] a")
+    else:  # precision contract for tf32 dots
+        assert rel_error(y, y64) < 1e-3 and rel_error(a, a64) < 1e-3

@@ -1,0 +1,77 @@
+"""Test helpers: guard-banded inputs, poisoned outputs, dtype tolerances.
+
+The Triton interpreter does not fault on an out-of-bounds read, so inputs are
+views into a larger NaN-filled buffer (a stray read turns into NaN in the
+output) and outputs are poisoned with NaN before a launch (an unwritten element
+stays NaN). Errors are measured against a float64 reference, and a kernel's
+error must be within a small multiple of PyTorch's own error in the same dtype.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+QUICK = os.environ.get("BCRN_QUICK", "0") not in ("", "0")
+
+# Relative Frobenius error allowed vs the float64 reference (precision contract).
+REL_TOL = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 1e-2}
+
+
+def guarded(x: torch.Tensor, pad: int = 3, channels_last: bool = False) -> torch.Tensor:
+    """A copy of ``x`` ([N, C, H, W]) living inside a NaN guard band.
+
+    The result is a non-contiguous view whose neighbours in memory (other
+    channels' and rows' padding) are NaN, so any unmasked read shows up.
+    """
+    n, c, h, w = x.shape
+    if channels_last:
+        big = torch.full((n, h + 2 * pad, w + 2 * pad, c + pad), float("nan"), dtype=x.dtype, device=x.device)
+        view = big[:, pad : pad + h, pad : pad + w, :c].permute(0, 3, 1, 2)
+    else:
+        big = torch.full((n, c + pad, h + 2 * pad, w + 2 * pad), float("nan"), dtype=x.dtype, device=x.device)
+        view = big[:, :c, pad : pad + h, pad : pad + w]
+    view.copy_(x)
+    return view
+
+
+def rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """``||out - ref|| / ||ref||`` in float64; inf if ``out`` has NaN/Inf."""
+    out64 = out.detach().double()
+    ref64 = ref.detach().double()
+    if not torch.isfinite(out64).all():
+        return float("inf")
+    denom = ref64.norm().item() or 1.0
+    return (out64 - ref64).norm().item() / denom
+
+
+def assert_close_to_ref(
+    out: torch.Tensor,
+    ref64: torch.Tensor,
+    dtype: torch.dtype,
+    torch_same_dtype: torch.Tensor | None = None,
+    factor: float = 4.0,
+    name: str = "",
+) -> float:
+    """Assert ``out`` is within the dtype's tolerance of the float64 reference.
+
+    With ``torch_same_dtype`` (PyTorch's own result in ``dtype``) the bound is
+    ``max(REL_TOL[dtype], factor * its error)`` — no worse than a small
+    multiple of what PyTorch itself achieves. Returns the measured error.
+    """
+    assert out.shape == ref64.shape, f"{name}: shape {tuple(out.shape)} != reference {tuple(ref64.shape)}"
+    err = rel_error(out, ref64)
+    tol = REL_TOL[dtype]
+    if torch_same_dtype is not None:
+        tol = max(tol, factor * rel_error(torch_same_dtype, ref64))
+    if not err <= tol:
+        diff = (out.detach().double() - ref64.double()).abs()
+        diff = torch.nan_to_num(diff, nan=float("inf"))
+        idx = tuple(int(i) for i in torch.unravel_index(diff.argmax(), diff.shape))
+        raise AssertionError(
+            f"{name} ({dtype}): relative error {err:.3e} > tolerance {tol:.3e}; "
+            f"worst at {idx}: got {out[idx].item():.6g}, expected {ref64[idx].item():.6g}; "
+            f"non-finite outputs: {int((~torch.isfinite(out.double())).sum())}"
+        )
+    return err
