@@ -113,12 +113,15 @@ class Recorder:
             usage = resource_usage(compiled.asm["cubin"])
             ptx = compiled.asm["ptx"]
             ttir = compiled.asm["ttir"]
-            has_dot = "tt.dot" in ttir
+            dots = [line for line in ttir.splitlines() if "tt.dot " in line]
+            # fp32 dots without an inputPrecision attribute are IEEE (exact FMA loops, no tensor cores)
+            fma = [d for d in dots if re.search(r"xf32> \* tensor<[0-9x]+xf32>", d) and "inputPrecision" not in d]
+            has_dot = bool(dots)
             self.reports.append(KernelReport(
                 kernel=fn.__name__, arch=arch, config=config, dtypes=dtypes, regs=usage["REG"],
                 stack=usage["STACK"], local=usage["LOCAL"], shared=usage["SHARED"], has_dot=has_dot,
                 mma=bool(re.search(r"\b(wgmma|mma)\.", ptx)),
-                ieee_dot=has_dot and 'inputPrecision = ieee' in ttir,
+                ieee_dot=has_dot and len(fma) == len(dots),
             ))
         return None
 
@@ -142,7 +145,12 @@ def recording(archs: tuple[int, ...]) -> Iterator[Recorder]:
         _common.AOT_RECORDING = previous
 
 
-def drive_all(shapes: tuple[tuple[int, int, int], ...] = ((1, 48, 40), (2, 180, 320))) -> None:
+# (N, H, W) driven per dtype: 15x15 (pooled ESA map 1x1, the smallest tiles),
+# 24x20, 48x40 and 180x320 (every tile-size step of the launch heuristics)
+AOT_SHAPES = ((1, 15, 15), (1, 24, 20), (1, 48, 40), (2, 180, 320))
+
+
+def drive_all(shapes: tuple[tuple[int, int, int], ...] = AOT_SHAPES) -> None:
     """Call every fused entry point once per dtype, precision and shape (kernels are recorded)."""
     from bcrn_fast.fused import BCRNFused, FusedBCB, FusedBSConv, FusedCCA, FusedConvNeXtBlock, FusedESA
 
@@ -171,12 +179,19 @@ def compile_all(archs: tuple[int, ...] = (80, 90)) -> list[KernelReport]:
 
 
 def format_report(reports: list[KernelReport]) -> str:
-    lines = ["| kernel | arch | dtypes | config | regs | stack | local | shared | dot | mma |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for r in sorted(reports, key=lambda r: (r.kernel, r.arch, r.dtypes, r.config)):
-        dot = "ieee-fma" if r.ieee_dot else ("yes" if r.has_dot else "-")
-        lines.append(f"| {r.kernel} | sm_{r.arch} | {r.dtypes} | {r.config} | {r.regs} | {r.stack} | {r.local} | "
-                     f"{r.shared} | {dot} | {'yes' if r.mma else 'no'} |")
+    """One markdown row per (kernel, arch, dtypes, config); specialisations that differ
+    only in divisibility hints are merged, showing the worst registers/stack/local."""
+    groups: dict[tuple, list[KernelReport]] = {}
+    for r in reports:
+        groups.setdefault((r.kernel, r.arch, r.dtypes, r.config), []).append(r)
+    lines = ["| kernel | arch | dtypes | config | variants | regs | stack | local | shared | dot | mma |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for (kernel, arch, dtypes, config), rs in sorted(groups.items()):
+        dot = "ieee-fma" if all(r.ieee_dot for r in rs) else ("yes" if rs[0].has_dot else "-")
+        mma = "yes" if all(r.mma for r in rs) else "no"
+        lines.append(f"| {kernel} | sm_{arch} | {dtypes} | {config} | {len(rs)} | {max(r.regs for r in rs)} | "
+                     f"{max(r.stack for r in rs)} | {max(r.local for r in rs)} | {max(r.shared for r in rs)} | "
+                     f"{dot} | {mma} |")
     return "\n".join(lines)
 
 
@@ -184,10 +199,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bcrn_fast.aot", description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", default="80,90", help="comma-separated SM versions (default 80,90)")
     parser.add_argument("--json", help="write the per-kernel report as JSON here")
+    parser.add_argument("--markdown", help="write the markdown table here too")
     args = parser.parse_args(argv)
     archs = tuple(int(a) for a in args.arch.split(","))
     reports = compile_all(archs)
-    print(format_report(reports))
+    table = format_report(reports)
+    print(table)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(table + "\n")
     if args.json:
         with open(args.json, "w") as f:
             json.dump([asdict(r) for r in reports], f, indent=1)

@@ -12,7 +12,9 @@ import triton.language as tl
 _INV_SQRT2 = tl.constexpr(0.7071067811865476)  # 1/sqrt(2) for the exact GELU
 
 
-@triton.jit
+# Sizes are not specialised on the value 1 (a 1x1 map, ESA's low-res branch of a
+# 15x15 input): those rare variants made ptxas spill 8 B, the generic code does not.
+@triton.jit(do_not_specialize=["H", "W", "HO", "WO"])
 def bsconv_kernel(
     # pointers
     x_ptr,  # [N, CIN, H, W] storage dtype, any strides (NCHW, NHWC, channel slice)

@@ -80,7 +80,9 @@ def esa_pool_kernel(
     tl.store(ptrs, vmax.to(v_ptr.dtype.element_ty), mask=qmask[:, None])
 
 
-@triton.jit
+# Hl/Wl are not specialised on the value 1 (ESA's 1-pixel low-res map of a 15x15
+# input): that variant made ptxas spill 8 B on sm_80, the generic code does not.
+@triton.jit(do_not_specialize=["Hl", "Wl"])
 def esa_apply_kernel(
     # pointers
     t_ptr,  # [N, C, H, W] storage dtype, any strides: the ESA input

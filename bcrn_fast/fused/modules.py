@@ -184,7 +184,12 @@ class FusedESA(FusedMixin, ESA):
 
 
 class FusedBCB(FusedMixin, BluePrintShortcutBlock):
-    """One BCB ``cca(esa(convNext(conv(x))))`` in 8 launches (7 inside BCRNFused)."""
+    """One BCB ``cca(esa(convNext(conv(x))))`` in 8 launches (7 inside BCRNFused).
+
+    With ``backend="cuda"`` the BSConv and the ConvNeXt block run as one CUDA
+    kernel (``bcb_front``), so a block is 7 launches (6 inside BCRNFused); the
+    ESA ops, which have no CUDA kernel, run on Triton.
+    """
 
     def __init__(self, channels: int = 64, *, backend: str = "auto", precision: str = "ieee") -> None:
         super().__init__(channels)
@@ -212,6 +217,13 @@ class FusedBCB(FusedMixin, BluePrintShortcutBlock):
 
     def run(self, x: torch.Tensor, in_scale: torch.Tensor | None, out: torch.Tensor, offset: int) -> torch.Tensor:
         """Block on ``x ⊙ in_scale``; writes the pre-CCA map ``u`` into ``out[:, offset:]``, returns ``s``."""
-        t1 = self.conv.run(x, in_scale=in_scale)
-        t2, a = self.convNextBlock.run(t1, esa_pre=self.esa._packed(x.dtype).pre)
+        esa_pre = self.esa._packed(x.dtype).pre
+        if self._backend_for(x) == "cuda":  # BSConv -> ConvNeXt in one CUDA kernel (2-pixel halo in smem)
+            from bcrn_fast.ops import cuda_ext
+
+            t2, a = cuda_ext.bcb_front_packed(x, self.conv._packed(x.dtype), self.convNextBlock._packed(x.dtype),
+                                              esa_pre, in_scale, precision=self.precision)
+        else:
+            t1 = self.conv.run(x, in_scale=in_scale)
+            t2, a = self.convNextBlock.run(t1, esa_pre=esa_pre)
         return self.esa.run(t2, a, out, offset, cca=self.cca._packed(x.dtype))

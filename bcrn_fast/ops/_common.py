@@ -6,7 +6,7 @@ import os
 
 import torch
 
-BACKENDS = ("auto", "triton", "torch")
+BACKENDS = ("auto", "triton", "torch", "cuda")
 PRECISIONS = ("ieee", "tf32")
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -52,7 +52,20 @@ def resolve_backend(backend: str, device: torch.device) -> str:
             f"backend='triton' cannot run on {device}: Triton needs a CUDA device, "
             "or TRITON_INTERPRET=1 for CPU tensors (interpreter, for testing)"
         )
+    if backend == "cuda":
+        from bcrn_fast.ops import cuda_ext
+
+        if AOT_RECORDING:
+            return "triton"  # the AOT harness compiles Triton kernels only
+        if not (device.type == "cuda" and cuda_ext.available()) and not (device.type == "cpu" and cuda_ext.emulating()):
+            reason = cuda_ext.import_error() or f"tensors are on {device}, not a CUDA device"
+            raise RuntimeError(f"backend='cuda' cannot run: {reason}")
     return backend
+
+
+def kernel_backend(backend: str, has_cuda_kernel: bool) -> str:
+    """The backend an op runs: ``"cuda"`` falls back to Triton for ops without a CUDA kernel."""
+    return "triton" if backend == "cuda" and not has_cuda_kernel else backend
 
 
 def check_precision(precision: str) -> str:

@@ -221,18 +221,28 @@ def check_bsconv_args(
 def _launch_config(hw: int, cout_pad: int, block_k: int, dtype: torch.dtype, precision: str) -> tuple[int, int, int]:
     """(BLOCK_P, num_warps, num_stages) from ``_common.pixel_block`` plus per-mode register caps.
 
-    Caps from ptxas resource usage of the AOT-compiled kernel (NHWC, 64 -> 64
-    channels, sm_80 and sm_90): half BLOCK_P 128 spills with 4 warps, not with
-    8; fp32 tf32 needs BLOCK_P <= 64; fp32 IEEE (FMA dots, no tensor cores)
-    spills above BLOCK_P 16.
+    Every rule below comes from ptxas resource usage of the AOT-compiled kernel
+    (``python -m bcrn_fast.aot``, sm_80 and sm_90), keeping every configuration
+    free of spills:
+    - 16-channel tiles (ESA's low-res branch): [32, 16] on 4 warps is the one
+      shape clean for every dtype and arch ([16, 16] spills 8 B on 2 or 4 warps);
+    - fp32 IEEE (FMA dots, no tensor cores): BLOCK_P <= 16 at 64 channels, one stage;
+    - fp32 tf32: BLOCK_P <= 32 (64 spills on sm_80 even with 8 warps), and 2
+      warps when Cout <= 32 (the x3 upsampler spills 8 B on 4 warps on sm_90);
+    - half: 8 warps once the tile reaches [128, 64] (4 warps spill).
     """
     wide = max(cout_pad, block_k)
+    fma = dtype == torch.float32 and precision == "ieee"
+    num_stages = 1 if fma else 3  # an FMA dot has nothing to overlap
+    if wide <= 16:
+        return 32, 4, num_stages
     block_p, num_warps = _common.pixel_block(hw, wide)
-    num_stages = 3
-    if dtype == torch.float32:
-        block_p = min(block_p, 64 if precision == "tf32" else 16)
-        if precision == "ieee":
-            num_stages = 1  # FMA dot: nothing to overlap
+    if fma:
+        block_p = min(block_p, 16)
+    elif dtype == torch.float32:
+        block_p = min(block_p, 32)
+        if cout_pad <= 32:
+            num_warps = 2
     elif block_p * wide >= 128 * 64:
         num_warps = 8
     return block_p, num_warps, num_stages
@@ -364,13 +374,17 @@ def bsconv_op(
     precision: str,
     backend: str,
 ) -> torch.Tensor:
-    """``bcrn_fast::bsconv``: dispatch to the ``"triton"`` or ``"torch"`` backend."""
+    """``bcrn_fast::bsconv``: dispatch to the ``"cuda"``, ``"triton"`` or ``"torch"`` backend."""
     args = (x, pw_t, dw, bias, in_scale, residual, ksize, stride, padding, act, shuffle, precision)
+    if backend == "cuda":
+        from bcrn_fast.ops import cuda_ext
+
+        return cuda_ext.bsconv(*args)
     if backend == "triton":
         return bsconv_triton(*args)
     if backend == "torch":
         return bsconv_torch(*args)
-    raise ValueError(f"bcrn_fast::bsconv: backend must be 'triton' or 'torch', got {backend!r}")
+    raise ValueError(f"bcrn_fast::bsconv: backend must be 'cuda', 'triton' or 'torch', got {backend!r}")
 
 
 @bsconv_op.register_fake

@@ -94,8 +94,8 @@ def check_cca_weights(w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, device: to
 
 
 def check_backend_name(backend: str) -> None:
-    if backend not in ("triton", "torch"):
-        raise ValueError(f"backend must be 'triton' or 'torch' at the op level, got {backend!r}")
+    if backend not in ("cuda", "triton", "torch"):
+        raise ValueError(f"backend must be 'cuda', 'triton' or 'torch' at the op level, got {backend!r}")
 
 
 def check_backend(backend: str, device: torch.device) -> str:
@@ -232,7 +232,12 @@ def _device_guard(x: Tensor):
 def cca_scale_op(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, backend: str) -> Tensor:
     """``s[n, c] = σ(W2ᵀ·relu(W1ᵀ·(mean + std)(x[n]) + b1) + b2)``, fp32 ``[N, 64]``."""
     _check_cca_scale(x, w1, b1, w2, b2)
-    if check_backend(backend, x.device) == "triton":
+    backend = check_backend(backend, x.device)
+    if backend == "cuda":
+        from bcrn_fast.ops import cuda_ext
+
+        return cuda_ext.cca_scale(x, w1, b1, w2, b2)
+    if backend == "triton":
         return cca_scale_triton(x, w1, b1, w2, b2)
     return cca_scale_torch(x, w1, b1, w2, b2)
 
@@ -248,7 +253,7 @@ def _cca_scale_fake(x, w1, b1, w2, b2, backend):
 def channel_scale_op(x: Tensor, s: Tensor, backend: str) -> Tensor:
     """``y = x ⊙ s[n, c]`` in x's dtype, channels-last."""
     _check_channel_scale(x, s)
-    if check_backend(backend, x.device) == "triton":
+    if _common.kernel_backend(check_backend(backend, x.device), False) == "triton":  # no CUDA kernel: Triton
         return channel_scale_triton(x, s)
     return channel_scale_torch(x, s)
 

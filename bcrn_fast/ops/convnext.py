@@ -330,13 +330,17 @@ def convnext_op(
     precision: str,
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``bcrn_fast::convnext``: dispatch to the ``"triton"`` or ``"torch"`` backend."""
+    """``bcrn_fast::convnext``: dispatch to the ``"cuda"``, ``"triton"`` or ``"torch"`` backend."""
     args = (t, dw, bd, w1, b1, w2, b2, esa_a, esa_b, precision)
+    if backend == "cuda":
+        from bcrn_fast.ops import cuda_ext
+
+        return cuda_ext.convnext(*args)
     if backend == "triton":
         return convnext_triton(*args)
     if backend == "torch":
         return convnext_torch(*args)
-    raise ValueError(f"bcrn_fast::convnext: backend must be 'triton' or 'torch', got {backend!r}")
+    raise ValueError(f"bcrn_fast::convnext: backend must be 'cuda', 'triton' or 'torch', got {backend!r}")
 
 
 @convnext_op.register_fake

@@ -230,7 +230,7 @@ def esa_apply_triton(
 def esa_pool_op(a: Tensor, dw: Tensor, b: Tensor, backend: str) -> Tensor:
     """``v = maxpool_{7,3}(b + Σ_tap dw[tap] ⊙ a[2p + tap])``: ``[N, 16, Hp, Wp]`` channels-last."""
     _check_esa_pool(a, dw, b)
-    if check_backend(backend, a.device) == "triton":
+    if _common.kernel_backend(check_backend(backend, a.device), False) == "triton":  # no CUDA kernel: Triton
         return esa_pool_triton(a, dw, b)
     return esa_pool_torch(a, dw, b)
 
@@ -266,7 +266,7 @@ def esa_apply_op(
     are given (one launch), else an empty ``[0]`` fp32 tensor.
     """
     _check_esa_apply(t, c3, wf, bf, w4, b4, out, out_offset, w1, b1, w2, b2, precision)
-    if check_backend(backend, t.device) == "triton":
+    if _common.kernel_backend(check_backend(backend, t.device), False) == "triton":  # no CUDA kernel: Triton
         return esa_apply_triton(t, c3, wf, bf, w4, b4, out, out_offset, w1, b1, w2, b2, precision)
     return esa_apply_torch(t, c3, wf, bf, w4, b4, out, out_offset, w1, b1, w2, b2)
 
