@@ -169,6 +169,12 @@ case $rc in
 esac
 echo "tests: $TESTS_STATUS"
 
+# ---------------------------------------------------------------- 2b. error table (every module x dtype x backend)
+stamp "accuracy: python -m bcrn_fast.accuracy"
+timeout -k 10 "$(stage_limit 60 100)" "$PYTHON" -m bcrn_fast.accuracy > "$OUTDIR/accuracy.md" 2>&1 \
+  || echo "accuracy table failed (see accuracy.md)"
+tail -n 30 "$OUTDIR/accuracy.md"
+
 # ---------------------------------------------------------------- 3. benchmark
 BENCH_STATUS="not run"
 if [ "$TESTS_STATUS" != "passed" ] && [ "${STOP_ON_TEST_FAILURE:-0}" = 1 ]; then

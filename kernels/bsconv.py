@@ -60,6 +60,8 @@ def bsconv_kernel(
     BLOCK_K: tl.constexpr,  # input channels per GEMM chunk (power of two, 16..64)
     COUT_PAD: tl.constexpr,  # next power of two >= max(COUT, 16)
     PRECISION: tl.constexpr,  # tl.dot input_precision for fp32 operands ("ieee" | "tf32")
+    DOT_IN_FP32: tl.constexpr,  # upcast half operands to fp32 before tl.dot: only under the interpreter with
+    # bf16, whose dot multiplies raw bf16 bit patterns (Triton 3.9); exact, so results match the GPU path
 ):
     # y[n, o, q] = act(b[o] + Σ_tap dw[tap, o] · Σ_i pw[i, o] · s[n, i] · x[n, i, q·STRIDE − PAD + tap]) + res[n, o, q]
     # (zero padding outside the image; o = c·r² + i·r + j is stored at
@@ -103,7 +105,10 @@ def bsconv_kernel(
             )  # [BLOCK_P, BLOCK_K] storage dtype
             if HAS_SCALE:
                 xt = (xt.to(tl.float32) * s[None, :]).to(pw.dtype)
-            part = tl.dot(xt, pw, input_precision=PRECISION)  # [BLOCK_P, COUT_PAD] fp32
+            if DOT_IN_FP32:  # exact upcast of the rounded operands (interpreter bf16 workaround)
+                part = tl.dot(xt.to(tl.float32), pw.to(tl.float32), input_precision="ieee")
+            else:
+                part = tl.dot(xt, pw, input_precision=PRECISION)  # [BLOCK_P, COUT_PAD] fp32
             d = tl.load(dw_ptr + tap * COUT + offs_o, mask=o_mask, other=0.0)  # [COUT_PAD] fp32
             acc += part * d[None, :]
 

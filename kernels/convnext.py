@@ -53,6 +53,8 @@ def convnext_kernel(
     HID_BLOCK: tl.constexpr,  # hidden channels per chunk (power of two >= 16; 64)
     E_PAD: tl.constexpr,  # next power of two >= max(E, 16)
     PRECISION: tl.constexpr,  # tl.dot input_precision for fp32 operands ("ieee" | "tf32")
+    DOT_IN_FP32: tl.constexpr,  # upcast half operands to fp32 before tl.dot: only under the interpreter with
+    # bf16, whose dot multiplies raw bf16 bit patterns (Triton 3.9); exact, so results match the GPU path
 ):
     # z = b_d + Σ_tap dw[tap] ⊙ t[p + tap]                    (3x3, pad 1, zero outside)
     # y = t + Σ_chunks GELU(z·W1[:, chunk] + b1[chunk])·W2[chunk, :] + b2
@@ -96,13 +98,19 @@ def convnext_kernel(
         w1 = tl.load(
             w1_ptr + offs_c[:, None] * HID + offs_h[None, :], mask=c_mask[:, None] & h_mask[None, :], other=0.0
         )  # [C_PAD, HID_BLOCK]
-        h = tl.dot(zc, w1, input_precision=PRECISION)  # [BLOCK_P, HID_BLOCK] fp32
+        if DOT_IN_FP32:  # exact upcast of the rounded operands (interpreter bf16 workaround)
+            h = tl.dot(zc.to(tl.float32), w1.to(tl.float32), input_precision="ieee")
+        else:
+            h = tl.dot(zc, w1, input_precision=PRECISION)  # [BLOCK_P, HID_BLOCK] fp32
         h += tl.load(b1_ptr + offs_h, mask=h_mask, other=0.0)[None, :]
         h = 0.5 * h * (1.0 + tl.erf(h * _INV_SQRT2))
         w2 = tl.load(
             w2_ptr + offs_h[:, None] * C + offs_c[None, :], mask=h_mask[:, None] & c_mask[None, :], other=0.0
         )  # [HID_BLOCK, C_PAD]
-        acc = tl.dot(h.to(w2.dtype), w2, acc, input_precision=PRECISION)
+        if DOT_IN_FP32:
+            acc = tl.dot(h.to(w2.dtype).to(tl.float32), w2.to(tl.float32), acc, input_precision="ieee")
+        else:
+            acc = tl.dot(h.to(w2.dtype), w2, acc, input_precision=PRECISION)
 
     # residual: the centre tap again (an L1/L2 hit), loaded late to keep it out of the GEMM loop's registers
     pc_mask = p_mask[:, None] & c_mask[None, :]
@@ -119,7 +127,10 @@ def convnext_kernel(
         aw = tl.load(
             aw_ptr + offs_c[:, None] * E + offs_e[None, :], mask=c_mask[:, None] & e_mask[None, :], other=0.0
         )  # [C_PAD, E_PAD]
-        a = tl.dot(yq.to(aw.dtype), aw, input_precision=PRECISION)  # [BLOCK_P, E_PAD] fp32
+        if DOT_IN_FP32:
+            a = tl.dot(yq.to(aw.dtype).to(tl.float32), aw.to(tl.float32), input_precision="ieee")
+        else:
+            a = tl.dot(yq.to(aw.dtype), aw, input_precision=PRECISION)  # [BLOCK_P, E_PAD] fp32
         a += tl.load(ab_ptr + offs_e, mask=e_mask, other=0.0)[None, :]
         a_off = qh[:, None] * sah + qw[:, None] * saw + offs_e[None, :] * sac
         tl.store(a_ptr + n * san + a_off, a.to(a_ptr.dtype.element_ty), mask=p_mask[:, None] & e_mask[None, :])

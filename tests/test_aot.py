@@ -18,6 +18,7 @@ import sys
 import pytest
 
 pytest.importorskip("triton")
+pytestmark = pytest.mark.slow  # ~2 min of CPU compiles: CI runs it, BCRN_QUICK=1 and the GPU check skip it
 
 EXPECTED_KERNELS = {
     "bsconv_kernel", "convnext_kernel", "esa_pool_kernel", "esa_apply_kernel", "cca_scale_kernel",

@@ -458,4 +458,4 @@ def test_cli_bad_arguments_return_2(capsys):
     assert cli.run(_args("--device", "cpu", "--sizes", "8x8")) == 2
     assert cli.run(_args("--device", "cpu", "--variants", "warp_drive")) == 2
     assert cli.run(_args("--device", "cpu", "--scales", "5")) == 2
-    assert "bcrn-fast bench:" in capsys.readouterr().err
+    assert "bcrn-fast: error: bench:" in capsys.readouterr().err

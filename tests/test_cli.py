@@ -308,11 +308,14 @@ def test_eval_no_data_dir(
 
 
 def test_bench_quick(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["bench", "--quick", "--size", "16x20", "--iters", "2", "--scale", "3"]) == 0
+    args = ["bench", "--quick", "--sizes", "16x20", "--scales", "3", "--variants", "eager,fused_torch"]
+    assert main(args) == 0
     out = capsys.readouterr().out
-    assert re.search(r"x3 on cpu, input 16x20, 2 iterations: median \d+\.\d{3} ms", out), out
-    assert main(["bench", "--size", "big"]) == 2
-    assert "HxW" in one_error_line(capsys.readouterr().err)
+    # both variants verified against the reference, then timed
+    assert re.search(r"model x3 16x20 N=1 fp32: eager \d+\.\d+ ms/img, fused_torch \d+\.\d+ ms/img", out), out
+    assert re.search(r"\| fused_torch +\| OK", out), out
+    assert main(["bench", "--sizes", "big"]) == 2
+    assert "WIDTHxHEIGHT" in one_error_line(capsys.readouterr().err)
 
 
 def test_help_exits_zero(capsys: pytest.CaptureFixture[str]) -> None:

@@ -38,14 +38,6 @@ INTERPRETED = DEVICE == "cpu"
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 
-def _skip_triton_bf16(dtype: torch.dtype) -> None:
-    if INTERPRETED and dtype == torch.bfloat16:
-        pytest.skip(
-            "Triton interpreter: tl.dot on bfloat16 operands multiplies their raw uint16 bit patterns "
-            "(interpreter stores bf16 as uint16 and calls np.matmul on it); bf16 checked on the torch backend"
-        )
-
-
 # id: (N, Cin, Cout, k, stride, pad, H, W, act, in_scale, residual, shuffle, layout)
 CASES = {
     "conv1_cin3": (2, 3, 64, 3, 1, 1, 17, 23, 0, False, False, 0, "nchw"),
@@ -130,7 +122,6 @@ def _build(case: str, dtype: torch.dtype):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("case", list(CASES))
 def test_bsconv_triton(case, dtype):
-    _skip_triton_bf16(dtype)
     pack, x, s, res, act, ref64, ref_dt, out_shape = _build(case, dtype)
     out = _poisoned_out(out_shape, dtype, pack.shuffle)
     y = bsconv_triton(
@@ -213,7 +204,7 @@ def _pack(cin=16, cout=16, k=3, dtype=torch.float32):
         (lambda a: a.update(shuffle=3), InputError, "divisible"),
         (lambda a: a.update(act=5), InputError, "act must be"),
         (lambda a: a.update(precision="fp64"), ValueError, "precision"),
-        (lambda a: a.update(backend="cuda"), ValueError, "backend"),
+        (lambda a: a.update(backend="vulkan"), ValueError, "backend"),
         (lambda a: a.update(x=a["x"][:, :, :2, :2], stride=2, padding=0), InputError, "too small"),
     ],
 )

@@ -229,7 +229,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             report = load_report(args.from_json)
         except (OSError, ValueError) as exc:
-            print(f"bcrn-fast bench: cannot read {args.from_json}: {exc}", file=sys.stderr)
+            print(f"bcrn-fast: error: bench: cannot read {args.from_json}: {exc}", file=sys.stderr)
             return 2
         print(markdown(report))
         return 0
@@ -238,12 +238,12 @@ def run(args: argparse.Namespace) -> int:
         cases = build_cases(args, device.type)
         variants = resolve_variants(args.variants, device.type, quick=bool(args.quick))
     except (UsageError, ValueError) as exc:
-        print(f"bcrn-fast bench: {exc}", file=sys.stderr)
+        print(f"bcrn-fast: error: bench: {exc}", file=sys.stderr)
         return 2
 
     if args.threads is not None:
         if args.threads < 1:
-            print("bcrn-fast bench: --threads must be >= 1", file=sys.stderr)
+            print("bcrn-fast: error: bench: --threads must be >= 1", file=sys.stderr)
             return 2
         torch.set_num_threads(args.threads)
     options = Options.quick() if args.quick else Options()

@@ -350,6 +350,7 @@ def bsconv_triton(
         KSIZE=ksize, STRIDE=stride, PAD=padding, ACT=act, SHUFFLE=max(shuffle, 1),
         HAS_SCALE=in_scale is not None, HAS_RES=residual is not None,
         BLOCK_P=block_p, BLOCK_K=block_k, COUT_PAD=cout_pad, PRECISION=dot_precision,
+        DOT_IN_FP32=_common.interpreter_enabled() and x.dtype == torch.bfloat16,
         num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
     return out

@@ -308,6 +308,7 @@ def convnext_triton(
         *t.stride(), *y.stride(), *a_arg.stride(),
         HAS_ESA=has_esa, BLOCK_P=block_p, C_PAD=c_pad, HID_BLOCK=hid_block,
         E_PAD=_common.next_pow2(e), PRECISION=dot_precision,
+        DOT_IN_FP32=_common.interpreter_enabled() and t.dtype == torch.bfloat16,
         num_warps=num_warps,
     )  # fmt: skip
     return y, a
