@@ -105,7 +105,8 @@ setup(
         "safetensors",
     ],
     extras_require={
-        "test": ["pytest", "pytest-benchmark", "hypothesis", "ruff"],
+        # pybind11: the CUDA-extension tests build it (and its CPU emulator) themselves
+        "test": ["pytest", "pytest-benchmark", "hypothesis", "ruff", "pybind11>=2.12"],
     },
     entry_points={"console_scripts": ["bcrn-fast = bcrn_fast.cli:main"]},
 )
