@@ -280,15 +280,9 @@ def bsconv_torch(
         # scale on load, rounded to the GEMM operand dtype like the kernel's tile
         xs = (xs * in_scale[:, :, None, None]).to(pw_t.dtype).float()
     z = torch.matmul(xs.permute(0, 2, 3, 1), pw_t.float()).permute(0, 3, 1, 2)  # [N, Cout, H, W] fp32
-    if padding:
-        z = F.pad(z, (padding, padding, padding, padding))
-    acc = None
-    for tap in range(ksize * ksize):
-        kh, kw = divmod(tap, ksize)
-        shifted = z[:, :, kh : kh + stride * (ho - 1) + 1 : stride, kw : kw + stride * (wo - 1) + 1 : stride]
-        term = shifted * dw[tap].view(1, cout, 1, 1)
-        acc = term if acc is None else acc + term
-    acc = acc + bias.view(1, cout, 1, 1)
+    # depthwise taps + bias: Σ_tap dw[tap] ⊙ z[q·stride − pad + tap] (one grouped conv, zero padding)
+    taps = dw.t().reshape(cout, 1, ksize, ksize)
+    acc = F.conv2d(z, taps, bias, stride=stride, padding=padding, groups=cout)
     if act == _common.ACT_RELU:
         acc = torch.relu(acc)
     elif act == _common.ACT_GELU:

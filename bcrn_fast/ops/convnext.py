@@ -241,13 +241,8 @@ def convnext_torch(
     n, c, h, w = t.shape
     cd = w1.dtype
     tf = t.float()
-    tp = F.pad(tf, (1, 1, 1, 1))
-    acc = None
-    for tap in range(9):
-        kh, kw = divmod(tap, 3)
-        term = tp[:, :, kh : kh + h, kw : kw + w] * dw[tap].view(1, c, 1, 1)
-        acc = term if acc is None else acc + term
-    z = (acc + bd.view(1, c, 1, 1)).permute(0, 2, 3, 1)  # [N, H, W, C] fp32
+    # depthwise 3x3 + bias, zero padding: b_d + Σ_tap dw[tap] ⊙ t[p + tap] (one grouped conv)
+    z = F.conv2d(tf, dw.t().reshape(c, 1, 3, 3), bd, padding=1, groups=c).permute(0, 2, 3, 1)  # [N, H, W, C]
     hid = F.gelu(torch.matmul(z.to(cd).float(), w1.float()) + b1)  # [N, H, W, HID] fp32
     y = tf.permute(0, 2, 3, 1) + (torch.matmul(hid.to(cd).float(), w2.float()) + b2)
     yq = y.to(t.dtype)
