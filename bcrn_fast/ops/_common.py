@@ -84,6 +84,24 @@ def check_kernel_dtype(x: torch.Tensor, name: str = "input") -> None:
         raise TypeError(f"{name}: fused kernels take float32, float16 or bfloat16, got {x.dtype}")
 
 
+def check_tensor(t: torch.Tensor, name: str, shape: tuple[int, ...], dtype: torch.dtype,
+                 device: torch.device) -> None:
+    """Check an op argument's type, exact shape, dtype and device (metadata only)."""
+    from bcrn_fast.validation import InputError
+
+    if not isinstance(t, torch.Tensor):
+        raise InputError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+    if tuple(t.shape) != tuple(shape):
+        raise InputError(f"{name}: expected shape {tuple(shape)}, got {tuple(t.shape)}")
+    if t.dtype != dtype:
+        raise InputError(
+            f"{name}: expected dtype {dtype}, got {t.dtype} (GEMM weights use the compute dtype of the input: "
+            "half for half inputs, fp32 otherwise; vectors are fp32)"
+        )
+    if t.device != device:
+        raise InputError(f"{name} is on {t.device} but the input is on {device}; move them to one device")
+
+
 def empty_nhwc(n: int, c: int, h: int, w: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """An ``[N, C, H, W]`` tensor stored channels-last (NHWC), the internal layout."""
     return torch.empty((n, c, h, w), dtype=dtype, device=device, memory_format=torch.channels_last)

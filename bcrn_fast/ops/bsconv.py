@@ -142,17 +142,6 @@ def _alloc_out(x: torch.Tensor, cout: int, ksize: int, stride: int, padding: int
     return _common.empty_nhwc(*shape, dtype=x.dtype, device=x.device)
 
 
-def _check_tensor(t: torch.Tensor, name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> None:
-    if not isinstance(t, torch.Tensor):
-        raise InputError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
-    if tuple(t.shape) != tuple(shape):
-        raise InputError(f"{name}: expected shape {tuple(shape)}, got {tuple(t.shape)}")
-    if t.dtype != dtype:
-        raise InputError(f"{name}: expected dtype {dtype}, got {t.dtype}")
-    if t.device != device:
-        raise InputError(f"{name} is on {t.device} but the input is on {device}; move them to one device")
-
-
 def check_bsconv_args(
     x: torch.Tensor,
     pw_t: torch.Tensor,
@@ -194,8 +183,8 @@ def check_bsconv_args(
     if act not in ACTS:
         raise InputError(f"act must be 0 (none), 1 (relu) or 2 (gelu), got {act!r}")
     _common.check_precision(precision)
-    _check_tensor(dw, "dw", (ksize * ksize, cout), torch.float32, x.device)
-    _check_tensor(bias, "bias", (cout,), torch.float32, x.device)
+    _common.check_tensor(dw, "dw", (ksize * ksize, cout), torch.float32, x.device)
+    _common.check_tensor(bias, "bias", (cout,), torch.float32, x.device)
     r = max(shuffle, 1)
     if cout % (r * r):
         raise InputError(f"Cout = {cout} is not divisible by shuffle² = {r * r}")
@@ -206,12 +195,12 @@ def check_bsconv_args(
             f"with stride {stride} and padding {padding}"
         )
     if in_scale is not None:
-        _check_tensor(in_scale, "in_scale", (x.shape[0], cin), torch.float32, x.device)
+        _common.check_tensor(in_scale, "in_scale", (x.shape[0], cin), torch.float32, x.device)
     shape = _out_shape(x, cout, ksize, stride, padding, shuffle)
     if residual is not None:
         if residual.dim() != 4:
             raise InputError(f"residual: expected a 4-D tensor {shape}, got shape {tuple(residual.shape)}")
-        _check_tensor(residual, "residual", shape, x.dtype, x.device)
+        _common.check_tensor(residual, "residual", shape, x.dtype, x.device)
     return shape
 
 
@@ -320,7 +309,7 @@ def bsconv_triton(
     if out is None:
         out = _alloc_out(x, pw_t.shape[1], ksize, stride, padding, shuffle)
     else:
-        _check_tensor(out, "out", shape, x.dtype, x.device)
+        _common.check_tensor(out, "out", shape, x.dtype, x.device)
     n, cin, h, w = x.shape
     cout = pw_t.shape[1]
     ho, wo = _out_hw(h, w, ksize, stride, padding)

@@ -131,20 +131,6 @@ def pack_esa_pre(esa: nn.Module, dtype: torch.dtype = torch.float32) -> EsaPrePa
 # --------------------------------------------------------------------------- checks
 
 
-def _check_tensor(t: torch.Tensor, name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> None:
-    if not isinstance(t, torch.Tensor):
-        raise InputError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
-    if tuple(t.shape) != tuple(shape):
-        raise InputError(f"{name}: expected shape {tuple(shape)}, got {tuple(t.shape)}")
-    if t.dtype != dtype:
-        raise InputError(
-            f"{name}: expected dtype {dtype}, got {t.dtype} (GEMM weights use the compute dtype of the input: "
-            "half for half inputs, fp32 otherwise; vectors are fp32)"
-        )
-    if t.device != device:
-        raise InputError(f"{name} is on {t.device} but the input is on {device}; move them to one device")
-
-
 def check_convnext_args(
     t: torch.Tensor,
     dw: torch.Tensor,
@@ -169,20 +155,20 @@ def check_convnext_args(
     if t.shape[1] != c:
         raise InputError(f"t has {t.shape[1]} channels (shape {tuple(t.shape)}) but the weights expect C = {c}")
     cd = _common.compute_dtype(t.dtype)
-    _check_tensor(w1, "w1", (c, hid), cd, t.device)
-    _check_tensor(w2, "w2", (hid, c), cd, t.device)
-    _check_tensor(dw, "dw", (9, c), torch.float32, t.device)
-    _check_tensor(bd, "bd", (c,), torch.float32, t.device)
-    _check_tensor(b1, "b1", (hid,), torch.float32, t.device)
-    _check_tensor(b2, "b2", (c,), torch.float32, t.device)
+    _common.check_tensor(w1, "w1", (c, hid), cd, t.device)
+    _common.check_tensor(w2, "w2", (hid, c), cd, t.device)
+    _common.check_tensor(dw, "dw", (9, c), torch.float32, t.device)
+    _common.check_tensor(bd, "bd", (c,), torch.float32, t.device)
+    _common.check_tensor(b1, "b1", (hid,), torch.float32, t.device)
+    _common.check_tensor(b2, "b2", (c,), torch.float32, t.device)
     if (esa_a is None) != (esa_b is None):
         raise InputError("esa_a and esa_b must be given together (or both None)")
     if esa_a is not None:
         if not isinstance(esa_a, torch.Tensor) or esa_a.dim() != 2:
             raise InputError(f"esa_a: expected a 2-D tensor [C, E], got {getattr(esa_a, 'shape', esa_a)}")
         e = esa_a.shape[1]
-        _check_tensor(esa_a, "esa_a", (c, e), cd, t.device)
-        _check_tensor(esa_b, "esa_b", (e,), torch.float32, t.device)
+        _common.check_tensor(esa_a, "esa_a", (c, e), cd, t.device)
+        _common.check_tensor(esa_b, "esa_b", (e,), torch.float32, t.device)
     _common.check_precision(precision)
 
 
@@ -276,10 +262,10 @@ def convnext_triton(
     check_convnext_args(t, dw, bd, w1, b1, w2, b2, esa_a, esa_b, precision)
     y, a = _alloc_outs(t, esa_a)
     if out is not None:
-        _check_tensor(out, "out", tuple(t.shape), t.dtype, t.device)
+        _common.check_tensor(out, "out", tuple(t.shape), t.dtype, t.device)
         y = out
     if out_a is not None:
-        _check_tensor(out_a, "out_a", tuple(a.shape), t.dtype, t.device)
+        _common.check_tensor(out_a, "out_a", tuple(a.shape), t.dtype, t.device)
         a = out_a
     n, c, h, w = t.shape
     hid = w1.shape[1]
