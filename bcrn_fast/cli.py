@@ -28,13 +28,14 @@ from bcrn_fast.checkpoint import CheckpointError, infer_scale, load_checkpoint
 from bcrn_fast.evaluate import DatasetError, default_data_dir, evaluate, format_table, set5_dirs
 from bcrn_fast.imageio import ImageError, find_images, image_size, read_image, write_png_atomic
 from bcrn_fast.model import MIN_SIZE, SCALES
+from bcrn_fast.ops._common import BackendUnavailable
 from bcrn_fast.validation import InputError
 
 __all__ = ["CLIError", "build_parser", "main"]
 
 PROG = "bcrn-fast"
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-BACKENDS = ("auto", "triton", "torch", "reference")
+BACKENDS = ("auto", "triton", "cuda", "torch", "reference")
 EXIT_USAGE = 2
 
 
@@ -61,8 +62,10 @@ def _fused_import_error() -> str | None:
 def _choose_backend(args: argparse.Namespace) -> tuple[bool, str]:
     """``(fused, backend)`` from ``--fused`` / ``--backend``.
 
-    No flag: the fused model with backend ``auto`` when ``bcrn_fast.fused`` is
-    importable, else the reference BCRN. ``--backend reference`` is always the
+    No flag: on a CUDA device the fused model with backend ``auto``; on the CPU
+    (or when ``bcrn_fast.fused`` cannot be imported) the reference BCRN, which
+    is the faster of the two there (``bcrn-fast bench``: the fused ``torch``
+    backend is the executable spec, not a CPU speed-up). ``--backend reference`` is always the
     reference BCRN; ``--fused``, ``--backend triton`` and ``--backend torch``
     require the fused model.
     """
@@ -73,7 +76,8 @@ def _choose_backend(args: argparse.Namespace) -> tuple[bool, str]:
         return False, "reference"
     missing = _fused_import_error()
     if backend is None and not args.fused:
-        return (False, "reference") if missing else (True, "auto")
+        on_cpu = str(getattr(args, "device", "cpu")).startswith("cpu")
+        return (False, "reference") if missing or on_cpu else (True, "auto")
     backend = backend or "auto"
     if missing:
         flag = "--fused" if args.fused else f"--backend {backend}"
@@ -275,6 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help and friends
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except (
+        BackendUnavailable,
         CLIError,
         CheckpointError,
         ImageError,

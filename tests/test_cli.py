@@ -194,7 +194,7 @@ def test_scale_flag_mismatch(tmp_path: Path, weights: Path, capsys: pytest.Captu
     [
         (["--fused", "--backend", "reference"], "--fused cannot be combined with --backend reference"),
         (["--dtype", "fp8"], "argument --dtype: invalid choice"),
-        (["--backend", "cuda"], "argument --backend: invalid choice"),
+        (["--backend", "vulkan"], "argument --backend: invalid choice"),
         (["--device", "floppy"], "unknown device"),
     ],
 )
@@ -229,9 +229,22 @@ def test_bf16_runs(tmp_path: Path, weights: Path) -> None:
 
 
 def test_default_backend_matches_reference(tmp_path: Path, weights: Path) -> None:
-    """Without --backend the fused model is used when available; either way the result is the reference's."""
+    """Without --backend: the reference on the CPU, the fused model on CUDA; either way the reference's result."""
     src = save_rgb(tmp_path / "pic.png", 16, 17)
     assert main(["upscale", str(src), "-o", str(tmp_path), "--weights", str(weights)]) == 0
+    got = np.array(Image.open(tmp_path / "pic_x2.png")).astype(int)
+    assert np.abs(got - expected_sr(weights, src).astype(int)).max() <= 1
+
+
+def test_unavailable_backend_is_one_line_error(tmp_path: Path, weights: Path, capsys) -> None:
+    src = save_rgb(tmp_path / "pic.png", 16, 17)
+    assert main(["upscale", str(src), "-o", str(tmp_path), "--weights", str(weights), "--backend", "cuda"]) == 2
+    assert "backend='cuda' cannot run" in one_error_line(capsys.readouterr().err)
+
+
+def test_fused_torch_backend_matches_reference(tmp_path: Path, weights: Path) -> None:
+    src = save_rgb(tmp_path / "pic.png", 16, 17)
+    assert main(["upscale", str(src), "-o", str(tmp_path), "--weights", str(weights), "--backend", "torch"]) == 0
     got = np.array(Image.open(tmp_path / "pic_x2.png")).astype(int)
     assert np.abs(got - expected_sr(weights, src).astype(int)).max() <= 1
 

@@ -19,6 +19,10 @@ ACT_NONE, ACT_RELU, ACT_GELU = 0, 1, 2
 AOT_RECORDING = False
 
 
+class BackendUnavailable(RuntimeError):
+    """An explicitly requested backend cannot run on this device / installation."""
+
+
 def interpreter_enabled() -> bool:
     """True when Triton runs kernels on the CPU through its interpreter."""
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
@@ -48,7 +52,7 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     if backend == "auto":
         return "triton" if device.type == "cuda" and triton_available() else "torch"
     if backend == "triton" and not triton_can_run(device):
-        raise RuntimeError(
+        raise BackendUnavailable(
             f"backend='triton' cannot run on {device}: Triton needs a CUDA device, "
             "or TRITON_INTERPRET=1 for CPU tensors (interpreter, for testing)"
         )
@@ -59,7 +63,7 @@ def resolve_backend(backend: str, device: torch.device) -> str:
             return "triton"  # the AOT harness compiles Triton kernels only
         if not (device.type == "cuda" and cuda_ext.available()) and not (device.type == "cpu" and cuda_ext.emulating()):
             reason = cuda_ext.import_error() or f"tensors are on {device}, not a CUDA device"
-            raise RuntimeError(f"backend='cuda' cannot run: {reason}")
+            raise BackendUnavailable(f"backend='cuda' cannot run: {reason}")
     return backend
 
 
