@@ -18,7 +18,7 @@ import bcrn_fast.ops.cca  # noqa: F401  (registers bcrn_fast::cca_scale, bcrn_fa
 from bcrn_fast.model import CCALayer, mean_channels, stdv_channels
 from bcrn_fast.ops import _common
 from bcrn_fast.ops.cca import cca_scale, cca_scale_triton, channel_scale, pack_cca
-from tests.utils import REL_TOL, assert_close_to_ref, guarded, rel_error
+from tests.utils import REL_TOL, assert_close_to_ref, guarded, inductor_unavailable, rel_error
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -206,19 +206,9 @@ def test_opcheck():
     torch.library.opcheck(ops.channel_scale.default, (x, s, "torch"))
 
 
-def _inductor_unavailable() -> str | None:
-    try:
-        from torch._inductor.cpp_builder import get_cpp_compiler
-
-        get_cpp_compiler()
-    except Exception as e:  # noqa: BLE001 - any failure means no CPU inductor here
-        return f"CPU inductor unavailable: {e}"
-    return None
-
-
 @pytest.mark.parametrize("compiler", ["eager", "inductor"])
 def test_compile_fullgraph(compiler):
-    if compiler == "inductor" and (reason := _inductor_unavailable()):
+    if compiler == "inductor" and (reason := inductor_unavailable()):
         pytest.skip(reason)
     torch._dynamo.reset()
     w = pack_cca(random_cca())

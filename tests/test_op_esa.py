@@ -22,7 +22,7 @@ from bcrn_fast.model import ESA, CCALayer, mean_channels, stdv_channels
 from bcrn_fast.ops import _common
 from bcrn_fast.ops.cca import pack_cca
 from bcrn_fast.ops.esa import esa_apply, esa_apply_triton, esa_pool, pack_esa, pooled_size
-from tests.utils import assert_close_to_ref, guarded, rel_error
+from tests.utils import assert_close_to_ref, guarded, inductor_unavailable, rel_error
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -292,19 +292,9 @@ def test_opcheck():
         torch.library.opcheck(ops.esa_apply.default, tuple(args))
 
 
-def _inductor_unavailable() -> str | None:
-    try:
-        from torch._inductor.cpp_builder import get_cpp_compiler
-
-        get_cpp_compiler()
-    except Exception as e:  # noqa: BLE001 - any failure means no CPU inductor here
-        return f"CPU inductor unavailable: {e}"
-    return None
-
-
 @pytest.mark.parametrize("compiler", ["eager", "inductor"])
 def test_compile_fullgraph(compiler):
-    if compiler == "inductor" and (reason := _inductor_unavailable()):
+    if compiler == "inductor" and (reason := inductor_unavailable()):
         pytest.skip(reason)
     torch._dynamo.reset()
     esa, cca = random_modules()

@@ -75,3 +75,14 @@ def assert_close_to_ref(
             f"non-finite outputs: {int((~torch.isfinite(out.double())).sum())}"
         )
     return err
+
+
+def inductor_unavailable() -> str | None:
+    """Why torch.compile's inductor backend cannot build CPU code here, or None if it can."""
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+
+        get_cpp_compiler()
+    except Exception as e:  # noqa: BLE001 - any failure means no CPU inductor here
+        return f"CPU inductor unavailable: {e}"
+    return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import torch
 
@@ -67,9 +68,21 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     return backend
 
 
-def kernel_backend(backend: str, has_cuda_kernel: bool) -> str:
-    """The backend an op runs: ``"cuda"`` falls back to Triton for ops without a CUDA kernel."""
-    return "triton" if backend == "cuda" and not has_cuda_kernel else backend
+def pick_impl(op: str, backend: str, triton: Callable, torch_impl: Callable, cuda: str | None = None) -> Callable:
+    """The implementation of ``op`` for a resolved op-level ``backend``.
+
+    ``cuda`` names the function of :mod:`bcrn_fast.ops.cuda_ext` for ops with a
+    CUDA kernel; ops without one run their Triton kernel under ``"cuda"``.
+    """
+    if backend == "cuda" and cuda is not None:
+        from bcrn_fast.ops import cuda_ext
+
+        return getattr(cuda_ext, cuda)
+    if backend in ("cuda", "triton"):
+        return triton
+    if backend == "torch":
+        return torch_impl
+    raise ValueError(f"bcrn_fast::{op}: backend must be 'cuda', 'triton' or 'torch', got {backend!r}")
 
 
 def check_precision(precision: str) -> str:

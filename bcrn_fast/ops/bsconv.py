@@ -359,16 +359,8 @@ def bsconv_op(
     backend: str,
 ) -> torch.Tensor:
     """``bcrn_fast::bsconv``: dispatch to the ``"cuda"``, ``"triton"`` or ``"torch"`` backend."""
-    args = (x, pw_t, dw, bias, in_scale, residual, ksize, stride, padding, act, shuffle, precision)
-    if backend == "cuda":
-        from bcrn_fast.ops import cuda_ext
-
-        return cuda_ext.bsconv(*args)
-    if backend == "triton":
-        return bsconv_triton(*args)
-    if backend == "torch":
-        return bsconv_torch(*args)
-    raise ValueError(f"bcrn_fast::bsconv: backend must be 'cuda', 'triton' or 'torch', got {backend!r}")
+    impl = _common.pick_impl("bsconv", backend, bsconv_triton, bsconv_torch, cuda="bsconv")
+    return impl(x, pw_t, dw, bias, in_scale, residual, ksize, stride, padding, act, shuffle, precision)
 
 
 @bsconv_op.register_fake

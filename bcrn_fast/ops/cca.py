@@ -232,14 +232,10 @@ def _device_guard(x: Tensor):
 def cca_scale_op(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, backend: str) -> Tensor:
     """``s[n, c] = σ(W2ᵀ·relu(W1ᵀ·(mean + std)(x[n]) + b1) + b2)``, fp32 ``[N, 64]``."""
     _check_cca_scale(x, w1, b1, w2, b2)
-    backend = check_backend(backend, x.device)
-    if backend == "cuda":
-        from bcrn_fast.ops import cuda_ext
-
-        return cuda_ext.cca_scale(x, w1, b1, w2, b2)
-    if backend == "triton":
-        return cca_scale_triton(x, w1, b1, w2, b2)
-    return cca_scale_torch(x, w1, b1, w2, b2)
+    impl = _common.pick_impl(
+        "cca_scale", check_backend(backend, x.device), cca_scale_triton, cca_scale_torch, cuda="cca_scale"
+    )
+    return impl(x, w1, b1, w2, b2)
 
 
 @cca_scale_op.register_fake
@@ -253,9 +249,9 @@ def _cca_scale_fake(x, w1, b1, w2, b2, backend):
 def channel_scale_op(x: Tensor, s: Tensor, backend: str) -> Tensor:
     """``y = x ⊙ s[n, c]`` in x's dtype, channels-last."""
     _check_channel_scale(x, s)
-    if _common.kernel_backend(check_backend(backend, x.device), False) == "triton":  # no CUDA kernel: Triton
-        return channel_scale_triton(x, s)
-    return channel_scale_torch(x, s)
+    impl = _common.pick_impl("channel_scale", check_backend(backend, x.device), channel_scale_triton,
+                             channel_scale_torch)
+    return impl(x, s)
 
 
 @channel_scale_op.register_fake

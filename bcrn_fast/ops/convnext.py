@@ -313,16 +313,8 @@ def convnext_op(
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``bcrn_fast::convnext``: dispatch to the ``"cuda"``, ``"triton"`` or ``"torch"`` backend."""
-    args = (t, dw, bd, w1, b1, w2, b2, esa_a, esa_b, precision)
-    if backend == "cuda":
-        from bcrn_fast.ops import cuda_ext
-
-        return cuda_ext.convnext(*args)
-    if backend == "triton":
-        return convnext_triton(*args)
-    if backend == "torch":
-        return convnext_torch(*args)
-    raise ValueError(f"bcrn_fast::convnext: backend must be 'cuda', 'triton' or 'torch', got {backend!r}")
+    impl = _common.pick_impl("convnext", backend, convnext_triton, convnext_torch, cuda="convnext")
+    return impl(t, dw, bd, w1, b1, w2, b2, esa_a, esa_b, precision)
 
 
 @convnext_op.register_fake

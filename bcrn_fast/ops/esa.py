@@ -152,7 +152,8 @@ def esa_pool_torch(a: Tensor, dw: Tensor, b: Tensor) -> Tensor:
     return out
 
 
-def esa_apply_torch(t, c3, wf, bf, w4, b4, out, out_offset, w1, b1, w2, b2) -> Tensor:
+def esa_apply_torch(t, c3, wf, bf, w4, b4, out, out_offset, w1, b1, w2, b2, precision="ieee") -> Tensor:
+    """The fused dataflow in PyTorch ops (fp32 matmuls are IEEE; ``precision`` only affects Triton)."""
     h, w = t.shape[2:]
     tf = t.float()
     g = torch.einsum("nchw,cf->nfhw", tf, wf.float()) + bf[:, None, None]
@@ -230,9 +231,8 @@ def esa_apply_triton(
 def esa_pool_op(a: Tensor, dw: Tensor, b: Tensor, backend: str) -> Tensor:
     """``v = maxpool_{7,3}(b + Σ_tap dw[tap] ⊙ a[2p + tap])``: ``[N, 16, Hp, Wp]`` channels-last."""
     _check_esa_pool(a, dw, b)
-    if _common.kernel_backend(check_backend(backend, a.device), False) == "triton":  # no CUDA kernel: Triton
-        return esa_pool_triton(a, dw, b)
-    return esa_pool_torch(a, dw, b)
+    impl = _common.pick_impl("esa_pool", check_backend(backend, a.device), esa_pool_triton, esa_pool_torch)
+    return impl(a, dw, b)
 
 
 @esa_pool_op.register_fake
@@ -266,9 +266,8 @@ def esa_apply_op(
     are given (one launch), else an empty ``[0]`` fp32 tensor.
     """
     _check_esa_apply(t, c3, wf, bf, w4, b4, out, out_offset, w1, b1, w2, b2, precision)
-    if _common.kernel_backend(check_backend(backend, t.device), False) == "triton":  # no CUDA kernel: Triton
-        return esa_apply_triton(t, c3, wf, bf, w4, b4, out, out_offset, w1, b1, w2, b2, precision)
-    return esa_apply_torch(t, c3, wf, bf, w4, b4, out, out_offset, w1, b1, w2, b2)
+    impl = _common.pick_impl("esa_apply", check_backend(backend, t.device), esa_apply_triton, esa_apply_torch)
+    return impl(t, c3, wf, bf, w4, b4, out, out_offset, w1, b1, w2, b2, precision)
 
 
 @esa_apply_op.register_fake
