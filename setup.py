@@ -99,14 +99,19 @@ setup(
         "torch>=2.6",
         "triton>=3.2; platform_system == 'Linux'",
         "numpy",
-        "bsconv>=0.4",
         "pillow",
         "tqdm",
         "safetensors",
     ],
     extras_require={
-        # pybind11: the CUDA-extension tests build it (and its CPU emulator) themselves
-        "test": ["pytest", "pytest-benchmark", "hypothesis", "ruff", "pybind11>=2.12"],
+        # pybind11: the CUDA-extension tests build it (and its CPU emulator) themselves;
+        # bsconv: only to prove the vendored bcrn_fast.bsconv.BSConvU equals the package's (tests/test_model.py)
+        "test": ["pytest", "pytest-benchmark", "hypothesis", "ruff", "pybind11>=2.12", "bsconv>=0.4"],
+        # optional features (each one's module says what it needs it for; CI installs and tests them all)
+        "video": ["av>=12"],
+        "onnx": ["onnx>=1.16", "onnxruntime>=1.18", "onnxscript>=0.1"],
+        "ray": ["ray[data]>=2.40"],
+        "all": ["av>=12", "onnx>=1.16", "onnxruntime>=1.18", "onnxscript>=0.1", "ray[data]>=2.40"],
     },
     entry_points={"console_scripts": ["bcrn-fast = bcrn_fast.cli:main"]},
 )

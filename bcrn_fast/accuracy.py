@@ -15,9 +15,9 @@ from __future__ import annotations
 import argparse
 import copy
 import sys
+from collections.abc import Iterator
 
 import torch
-from bsconv.pytorch import BSConvU
 
 from bcrn_fast import model as M
 from bcrn_fast.fused import FUSED_CLASSES
@@ -25,8 +25,8 @@ from bcrn_fast.ops import _common
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 CASES = [
-    ("FusedBSConv 3x3 64->64", lambda: BSConvU(64, 64, 3, padding=1), 64, 1),
-    ("FusedBSConv 1x1 64->16", lambda: BSConvU(64, 16, 1), 64, 1),
+    ("FusedBSConv 3x3 64->64", lambda: M.BSConvU(64, 64, 3, padding=1), 64, 1),
+    ("FusedBSConv 1x1 64->16", lambda: M.BSConvU(64, 16, 1), 64, 1),
     ("FusedConvNeXtBlock", lambda: M.ConvNeXtBlock(64), 64, 1),
     ("FusedCCA", lambda: M.CCALayer(64), 64, 1),
     ("FusedESA", lambda: M.ESA(64), 64, 1),
@@ -51,10 +51,13 @@ def rel(out: torch.Tensor, ref: torch.Tensor) -> float:
     return ((out64 - ref64).norm() / ref64.norm()).item()
 
 
-def table(device: str, backends: list[str], dtypes: list[str], size: tuple[int, int, int] = (2, 17, 23)) -> str:
+def rows(
+    device: str, backends: list[str], dtypes: list[str], size: tuple[int, int, int] = (2, 17, 23)
+) -> Iterator[str]:
+    """The table's markdown lines, each yielded as soon as it is computed (a time limit keeps the rows done)."""
     n, h, w = size
-    lines = ["| module | dtype | PyTorch same dtype | " + " | ".join(backends) + " |",
-             "| --- | --- | --- | " + " | ".join("---" for _ in backends) + " |"]
+    yield "| module | dtype | PyTorch same dtype | " + " | ".join(backends) + " |"
+    yield "| --- | --- | --- | " + " | ".join("---" for _ in backends) + " |"
     for name, factory, cin, _ in CASES:
         ref = _randomize(factory()).to(device).eval()
         torch.manual_seed(1)
@@ -76,8 +79,12 @@ def table(device: str, backends: list[str], dtypes: list[str], size: tuple[int, 
                         cells.append(f"{rel(fused(x.to(dtype)), expected):.1e}")
                 except RuntimeError as exc:
                     cells.append(f"n/a ({str(exc).splitlines()[0][:40]})")
-            lines.append(f"| {name} | {dname} | {same} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+            yield f"| {name} | {dname} | {same} | " + " | ".join(cells) + " |"
+
+
+def table(device: str, backends: list[str], dtypes: list[str], size: tuple[int, int, int] = (2, 17, 23)) -> str:
+    """The whole table as one markdown string."""
+    return "\n".join(rows(device, backends, dtypes, size))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,9 +102,13 @@ def main(argv: list[str] | None = None) -> int:
 
         if device.type == "cuda" and cuda_ext.available():
             backends.append("cuda")
-    print(f"relative error vs float64 reference, device {device}, "
-          f"interpreter={_common.interpreter_enabled()}, torch {torch.__version__}")
-    print(table(args.device, backends, args.dtypes.split(",")))
+    print(
+        f"relative error vs float64 reference, device {device}, "
+        f"interpreter={_common.interpreter_enabled()}, torch {torch.__version__}",
+        flush=True,
+    )
+    for line in rows(args.device, backends, args.dtypes.split(",")):
+        print(line, flush=True)
     return 0
 
 

@@ -16,10 +16,19 @@ inspected with the ``cuobjdump`` Triton ships:
   GEMM-bearing kernel must, except fp32 ``ieee`` configurations, whose dots
   are exact FMA loops by design.
 
-Run ``python -m bcrn_fast.aot [--arch 80,90] [--json FILE]`` with
-``TRITON_INTERPRET`` unset. This relies on Triton's JIT internals
-(``create_function_from_signature``, ``JITFunction._pack_args``), checked
-against Triton 3.9.
+Besides the cubin's static figures it records Triton's dynamic shared memory
+(``CompiledKernel.metadata.shared``, what occupancy depends on) and the Triton
+version. The launches are driven once more with the int64 offset path forced
+(``WIDE_INDEX``, taken for images whose largest offset reaches 2^31) at the
+largest shape, so those variants are checked too.
+
+Run ``python -m bcrn_fast.aot [--archs 80,86,89,90] [--quick] [--json FILE]
+[--markdown FILE]`` with ``TRITON_INTERPRET`` unset; ``--quick`` drives two
+shapes instead of four (the smallest tiles and the largest; for the CPU
+rehearsal of the GPU run). ``--merge A.json B.json --markdown FILE`` writes one
+report from several runs (e.g. two Triton versions). This relies on Triton's
+JIT internals (``create_function_from_signature``, ``JITFunction._pack_args``),
+checked against Triton 3.6 and 3.9.
 """
 
 from __future__ import annotations
@@ -32,8 +41,9 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 
@@ -49,14 +59,36 @@ class KernelReport:
     regs: int
     stack: int
     local: int
-    shared: int
+    shared: int  # static shared memory of the cubin (cuobjdump SHARED)
     has_dot: bool
     mma: bool
     ieee_dot: bool
+    dyn_shared: int = -1  # Triton's dynamic shared memory per program (metadata.shared), bytes
+    triton: str = field(default_factory=lambda: _triton_version())
 
     @property
     def spills(self) -> bool:
         return self.stack > 0 or self.local > 0
+
+    @property
+    def smem_over(self) -> bool:
+        """Needs more dynamic shared memory than a block of this arch can have (no launch possible)."""
+        return self.dyn_shared > SMEM_LIMIT.get(self.arch, 101376)
+
+
+def _triton_version() -> str:
+    try:
+        import triton
+    except ImportError:
+        return "none"
+    return triton.__version__
+
+
+ARCHS = (80, 86, 89, 90)  # A100; RTX 30xx / A6000; RTX 40xx / L4 / L40S; H100 / H200
+
+# Most dynamic shared memory one block may opt into (cudaDevAttrMaxSharedMemoryPerBlockOptin, bytes): Triton
+# refuses to launch a kernel needing more ("out of resources"), so the AOT check counts it as a failure.
+SMEM_LIMIT = {80: 166912, 86: 101376, 87: 166912, 89: 101376, 90: 232448}
 
 
 def _cuobjdump() -> str:
@@ -70,8 +102,9 @@ def resource_usage(cubin: bytes) -> dict[str, int]:
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
-        out = subprocess.run([_cuobjdump(), "--dump-resource-usage", f.name], capture_output=True, text=True,
-                             check=True).stdout
+        out = subprocess.run(
+            [_cuobjdump(), "--dump-resource-usage", f.name], capture_output=True, text=True, check=True
+        ).stdout
     usage = {}
     for key in ("REG", "STACK", "SHARED", "LOCAL"):
         m = re.search(rf"\b{key}:(\d+)", out)
@@ -101,15 +134,18 @@ class Recorder:
             bound, specialization, options = binder(*args, **kwargs)
             options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound, specialization, options)
             consts = {fn.arg_names[p[0]]: v for p, v in constexprs.items() if len(p) == 1}
-            config = ", ".join(f"{k}={v}" for k, v in sorted(consts.items()) if not k.startswith("stride")) + \
-                f", warps={options.num_warps}, stages={options.num_stages}"
+            config = (
+                ", ".join(f"{k}={v}" for k, v in sorted(consts.items()) if not k.startswith("stride"))
+                + f", warps={options.num_warps}, stages={options.num_stages}"
+            )
             dtypes = ",".join(sorted({v for v in signature.values() if isinstance(v, str) and v.startswith("*")}))
             key = f"{fn.__name__}|{arch}|{signature}|{constexprs}|{attrs}|{options.num_warps}|{options.num_stages}"
             if key in self._seen:
                 continue
             self._seen.add(key)
-            compiled = triton.compile(ASTSource(fn, signature, constexprs, attrs), target=target,
-                                      options=options.__dict__)
+            compiled = triton.compile(
+                ASTSource(fn, signature, constexprs, attrs), target=target, options=options.__dict__
+            )
             usage = resource_usage(compiled.asm["cubin"])
             ptx = compiled.asm["ptx"]
             ttir = compiled.asm["ttir"]
@@ -117,12 +153,22 @@ class Recorder:
             # fp32 dots without an inputPrecision attribute are IEEE (exact FMA loops, no tensor cores)
             fma = [d for d in dots if re.search(r"xf32> \* tensor<[0-9x]+xf32>", d) and "inputPrecision" not in d]
             has_dot = bool(dots)
-            self.reports.append(KernelReport(
-                kernel=fn.__name__, arch=arch, config=config, dtypes=dtypes, regs=usage["REG"],
-                stack=usage["STACK"], local=usage["LOCAL"], shared=usage["SHARED"], has_dot=has_dot,
-                mma=bool(re.search(r"\b(wgmma|mma)\.", ptx)),
-                ieee_dot=has_dot and len(fma) == len(dots),
-            ))
+            self.reports.append(
+                KernelReport(
+                    kernel=fn.__name__,
+                    arch=arch,
+                    config=config,
+                    dtypes=dtypes,
+                    regs=usage["REG"],
+                    stack=usage["STACK"],
+                    local=usage["LOCAL"],
+                    shared=usage["SHARED"],
+                    has_dot=has_dot,
+                    mma=bool(re.search(r"\b(wgmma|mma)\.", ptx)),
+                    ieee_dot=has_dot and len(fma) == len(dots),
+                    dyn_shared=int(getattr(compiled.metadata, "shared", -1)),
+                )
+            )
         return None
 
 
@@ -148,74 +194,223 @@ def recording(archs: tuple[int, ...]) -> Iterator[Recorder]:
 # (N, H, W) driven per dtype: 15x15 (pooled ESA map 1x1, the smallest tiles),
 # 24x20, 48x40 and 180x320 (every tile-size step of the launch heuristics)
 AOT_SHAPES = ((1, 15, 15), (1, 24, 20), (1, 48, 40), (2, 180, 320))
+QUICK_SHAPES = ((1, 15, 15), (2, 180, 320))  # --quick: the smallest and the largest tiles
+WIDE_SHAPE = (2, 180, 320)  # driven again with the int64 offset path forced (what a > 5.6 M-pixel image takes)
 
 
-def drive_all(shapes: tuple[tuple[int, int, int], ...] = AOT_SHAPES) -> None:
+@contextlib.contextmanager
+def _wide_index_forced() -> Iterator[None]:
+    previous = _common.FORCE_WIDE_INDEX
+    _common.FORCE_WIDE_INDEX = True
+    try:
+        yield
+    finally:
+        _common.FORCE_WIDE_INDEX = previous
+
+
+def drive_all(
+    shapes: tuple[tuple[int, int, int], ...] = AOT_SHAPES,
+    wide_shape: tuple[int, int, int] | None = WIDE_SHAPE,
+    progress: bool = False,
+) -> None:
     """Call every fused entry point once per dtype, precision and shape (kernels are recorded)."""
     from bcrn_fast.fused import BCRNFused, FusedBCB, FusedBSConv, FusedCCA, FusedConvNeXtBlock, FusedESA
 
     torch.manual_seed(0)
     modes = [(torch.float32, "ieee"), (torch.float32, "tf32"), (torch.float16, "ieee"), (torch.bfloat16, "ieee")]
     models = {s: BCRNFused(s, backend="triton") for s in (2, 3, 4)}
-    standalone = [FusedBSConv(64, 64, 3, padding=1, backend="triton"), FusedBSConv(64, 16, 1, backend="triton"),
-                  FusedBSConv(16, 16, 3, stride=2, backend="triton"), FusedConvNeXtBlock(backend="triton"),
-                  FusedCCA(backend="triton"), FusedESA(backend="triton"), FusedBCB(backend="triton")]
+    standalone = [
+        FusedBSConv(64, 64, 3, padding=1, backend="triton"),
+        FusedBSConv(64, 16, 1, backend="triton"),
+        FusedBSConv(16, 16, 3, stride=2, backend="triton"),
+        FusedConvNeXtBlock(backend="triton"),
+        FusedCCA(backend="triton"),
+        FusedESA(backend="triton"),
+        FusedBCB(backend="triton"),
+    ]
+    runs = [(shape, False) for shape in shapes] + ([(wide_shape, True)] if wide_shape else [])
     with torch.inference_mode():
         for dtype, precision in modes:
-            for n, h, w in shapes:
-                for model in models.values():
-                    model.to(dtype).set_backend("triton", precision)
-                    model(torch.rand(n, 3, h, w, dtype=dtype))
-                for m in standalone:
-                    m.to(dtype).set_backend("triton", precision)
-                    channels = m.pw.in_channels if isinstance(m, FusedBSConv) else 64
-                    m(torch.rand(n, channels, h, w, dtype=dtype))
+            for (n, h, w), wide in runs:
+                if progress:
+                    print(
+                        f"aot: {str(dtype).replace('torch.', '')} {precision} {n}x{h}x{w}"
+                        f"{' wide-index' if wide else ''}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                with _wide_index_forced() if wide else contextlib.nullcontext():
+                    for model in models.values():
+                        model.to(dtype).set_backend("triton", precision)
+                        model(torch.rand(n, 3, h, w, dtype=dtype))
+                    for m in standalone:
+                        m.to(dtype).set_backend("triton", precision)
+                        channels = m.pw.in_channels if isinstance(m, FusedBSConv) else 64
+                        m(torch.rand(n, channels, h, w, dtype=dtype))
 
 
-def compile_all(archs: tuple[int, ...] = (80, 90)) -> list[KernelReport]:
+def compile_all(archs: tuple[int, ...] = ARCHS, quick: bool = False, progress: bool = False) -> list[KernelReport]:
     with recording(archs) as rec:
-        drive_all()
+        drive_all(QUICK_SHAPES if quick else AOT_SHAPES, progress=progress)
     return rec.reports
+
+
+def failures(reports: list[KernelReport]) -> list[KernelReport]:
+    """Configurations that spill / use local memory, run a tensor-core GEMM without mma/wgmma, or exceed
+    the arch's shared memory per block."""
+    return [r for r in reports if r.spills or r.smem_over or (r.has_dot and not r.ieee_dot and not r.mma)]
 
 
 def format_report(reports: list[KernelReport]) -> str:
     """One markdown row per (kernel, arch, dtypes, config); specialisations that differ
-    only in divisibility hints are merged, showing the worst registers/stack/local."""
+    only in divisibility hints are merged, showing the worst registers/stack/local/shared."""
     groups: dict[tuple, list[KernelReport]] = {}
     for r in reports:
         groups.setdefault((r.kernel, r.arch, r.dtypes, r.config), []).append(r)
-    lines = ["| kernel | arch | dtypes | config | variants | regs | stack | local | shared | dot | mma |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| kernel | arch | dtypes | config | variants | regs | stack | local | static smem | dyn smem | dot | mma |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for (kernel, arch, dtypes, config), rs in sorted(groups.items()):
         dot = "ieee-fma" if all(r.ieee_dot for r in rs) else ("yes" if rs[0].has_dot else "-")
         mma = "yes" if all(r.mma for r in rs) else "no"
-        lines.append(f"| {kernel} | sm_{arch} | {dtypes} | {config} | {len(rs)} | {max(r.regs for r in rs)} | "
-                     f"{max(r.stack for r in rs)} | {max(r.local for r in rs)} | {max(r.shared for r in rs)} | "
-                     f"{dot} | {mma} |")
+        lines.append(
+            f"| {kernel} | sm_{arch} | {dtypes} | {config} | {len(rs)} | {max(r.regs for r in rs)} | "
+            f"{max(r.stack for r in rs)} | {max(r.local for r in rs)} | {max(r.shared for r in rs)} | "
+            f"{max(r.dyn_shared for r in rs)} | {dot} | {mma} |"
+        )
     return "\n".join(lines)
+
+
+def format_summary(runs: list[dict]) -> str:
+    """Per (Triton version, arch, kernel): configurations, failing ones, worst registers and dynamic shared memory."""
+    lines = [
+        "| Triton | arch | kernel | configs | failing | max regs | max dyn smem (B) | tensor-core GEMMs with mma |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for run in runs:
+        reports = [KernelReport(**r) for r in run["reports"]]
+        for arch in sorted({r.arch for r in reports}):
+            for kernel in sorted({r.kernel for r in reports}):
+                rs = [r for r in reports if r.arch == arch and r.kernel == kernel]
+                if not rs:
+                    continue
+                tc = [r for r in rs if r.has_dot and not r.ieee_dot]
+                mma = f"{sum(r.mma for r in tc)}/{len(tc)}" if tc else "-"
+                lines.append(
+                    f"| {run['triton']} | sm_{arch} | {kernel} | {len(rs)} | {len(failures(rs))} | "
+                    f"{max(r.regs for r in rs)} | {max(r.dyn_shared for r in rs)} | {mma} |"
+                )
+    return "\n".join(lines)
+
+
+HEADER = """# Ahead-of-time compile report (Triton kernels, {archs})
+
+Generated on a CPU-only machine by `python -m bcrn_fast.aot` (one run per Triton version, merged with
+`python -m bcrn_fast.aot --merge RUN.json ... --markdown docs/aot-report.md`); `tests/test_aot.py` re-runs it in CI
+and fails on any spill/local memory, a non-IEEE GEMM without `mma`/`wgmma`, or more dynamic shared memory than
+the arch allows a block (sm_80 163 KiB, sm_86/sm_89 99 KiB, sm_90 227 KiB). The launchers are driven for every dtype
+x precision x tile-size step, plus once with the int64 offset path forced (`WIDE_INDEX=True`, taken for images whose
+largest element offset reaches 2^31). `static smem`: the cubin's static SHARED (cuobjdump); `dyn smem`: Triton's
+dynamic shared memory per program (`metadata.shared`, what occupancy depends on). `variants` counts specialisations
+that differ only in divisibility hints (worst case shown). `ieee-fma`: fp32 IEEE dots, exact FMA loops by design (no
+tensor cores).
+"""
+
+
+def format_document(runs: list[dict]) -> str:
+    """The whole markdown report for one or more runs (each: triton, archs, quick, wall_s, date, reports)."""
+    archs = sorted({a for run in runs for a in run["archs"]})
+    parts = [HEADER.format(archs=", ".join(f"sm_{a}" for a in archs)), "## Summary", ""]
+    for run in runs:
+        reports = [KernelReport(**r) for r in run["reports"]]
+        parts.append(
+            f"- Triton {run['triton']} ({run['date']}): {len(reports)} kernel configurations compiled for "
+            f"{', '.join(f'sm_{a}' for a in run['archs'])}{' (--quick)' if run.get('quick') else ''}, "
+            f"{len(failures(reports))} failing; wall time {run['wall_s']:.0f} s."
+        )
+    parts += ["", format_summary(runs), ""]
+    for run in runs:
+        parts += [f"## Triton {run['triton']}", "", format_report([KernelReport(**r) for r in run["reports"]]), ""]
+    return "\n".join(parts)
+
+
+def _parse_archs(text: str) -> tuple[int, ...]:
+    try:
+        archs = tuple(int(a.strip().removeprefix("sm_")) for a in text.split(",") if a.strip())
+    except ValueError:
+        raise SystemExit(f"--archs: expected comma-separated SM versions like 80,86,89,90, got {text!r}") from None
+    if not archs or any(a < 70 for a in archs):
+        raise SystemExit(f"--archs: expected SM versions >= 70 (e.g. 80,86,89,90), got {text!r}")
+    return archs
+
+
+def _write_atomic(path: str, text: str) -> None:
+    """Write via a temporary file, so an interrupted run never leaves half a report."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bcrn_fast.aot", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--arch", default="80,90", help="comma-separated SM versions (default 80,90)")
-    parser.add_argument("--json", help="write the per-kernel report as JSON here")
-    parser.add_argument("--markdown", help="write the markdown table here too")
+    parser.add_argument(
+        "--archs",
+        "--arch",
+        dest="archs",
+        default=",".join(map(str, ARCHS)),
+        help=f"comma-separated SM versions (default {','.join(map(str, ARCHS))})",
+    )
+    parser.add_argument("--quick", action="store_true", help=f"drive {len(QUICK_SHAPES)} shapes, not {len(AOT_SHAPES)}")
+    parser.add_argument("--json", help="write the run (Triton version, wall time, per-kernel rows) as JSON here")
+    parser.add_argument("--markdown", help="write the markdown report here")
+    parser.add_argument("--merge", nargs="+", metavar="JSON", help="merge earlier --json runs instead of compiling")
+    parser.add_argument("--note", help="with --merge: a paragraph placed above the summary (e.g. run times)")
     args = parser.parse_args(argv)
-    archs = tuple(int(a) for a in args.arch.split(","))
-    reports = compile_all(archs)
-    table = format_report(reports)
-    print(table)
+    if args.merge:
+        runs = []
+        for path in args.merge:
+            with open(path) as f:
+                runs.append(json.load(f))
+        doc = format_document(runs)
+        if args.note:
+            doc = doc.replace("\n## Summary\n", f"\n{args.note}\n\n## Summary\n", 1)
+        if args.markdown:
+            _write_atomic(args.markdown, doc)
+        else:
+            print(doc)
+        return 1 if any(failures([KernelReport(**r) for r in run["reports"]]) for run in runs) else 0
+
+    archs = _parse_archs(args.archs)
+    start = time.monotonic()
+    reports = compile_all(archs, quick=args.quick, progress=True)
+    run = {
+        "triton": _triton_version(),
+        "torch": torch.__version__,
+        "archs": list(archs),
+        "quick": args.quick,
+        "wall_s": round(time.monotonic() - start, 1),
+        "date": time.strftime("%Y-%m-%d"),
+        "reports": [asdict(r) for r in reports],
+    }
+    print(format_report(reports))
     if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(table + "\n")
+        _write_atomic(args.markdown, format_document([run]))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump([asdict(r) for r in reports], f, indent=1)
-    bad = [r for r in reports if r.spills or (r.has_dot and not r.ieee_dot and not r.mma)]
+        _write_atomic(args.json, json.dumps(run, indent=1))
+    bad = failures(reports)
     for r in bad:
-        print(f"FAIL {r.kernel} sm_{r.arch} {r.dtypes} {r.config}: stack={r.stack} local={r.local} "
-              f"mma={r.mma}", file=sys.stderr)
-    print(f"{len(reports)} kernel configurations compiled, {len(bad)} failing", file=sys.stderr)
+        print(
+            f"FAIL {r.kernel} sm_{r.arch} {r.dtypes} {r.config}: stack={r.stack} local={r.local} mma={r.mma} "
+            f"dyn_shared={r.dyn_shared} (limit {SMEM_LIMIT.get(r.arch, 101376)})",
+            file=sys.stderr,
+        )
+    print(
+        f"{len(reports)} kernel configurations compiled with Triton {run['triton']} for "
+        f"{','.join(map(str, archs))} in {run['wall_s']:.0f} s, {len(bad)} failing",
+        file=sys.stderr,
+    )
     return 1 if bad else 0
 
 

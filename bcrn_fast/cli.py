@@ -2,15 +2,19 @@
 
 Subcommands:
 
-- ``upscale INPUT... -o OUTDIR --weights W``: super-resolve PNG/JPEG/BMP files
-  (or every such file in the given folders) to ``OUTDIR/<stem>_x<S>.png``;
+- ``upscale INPUT... -o OUTDIR --weights W``: super-resolve PNG/JPEG/BMP images and videos
+  (or every such file in the given folders, ``--recursive`` mirroring the tree) to
+  ``OUTDIR/<stem>_x<S>.png`` / ``OUTDIR/<stem>_x<S>.mp4`` through the pipeline of
+  :mod:`bcrn_fast.pipeline` (naming and skip rules: :mod:`bcrn_fast.jobs`; video: :mod:`bcrn_fast.video`);
 - ``eval --weights W [--hr DIR --lr DIR]``: PSNR/SSIM table by the paper's
   protocol (defaults to the shared Set5 data when it is found);
 - ``bench``: time the model (see :mod:`bcrn_fast.bench`).
 
-Every user error (missing or unreadable file, wrong checkpoint, too-small
-image, bad flag combination) prints one line ``bcrn-fast: error: ...`` to
-stderr and exits with status 2, without a traceback.
+Every user error (missing or unreadable file, wrong checkpoint, bad flag
+combination) prints one line ``bcrn-fast: error: ...`` to stderr and exits with
+status 2, without a traceback. With ``upscale --keep-going`` a bad file is
+reported (``bcrn-fast: failed: ...``) and skipped, a summary ends the run, and
+the exit status is 1 when anything failed.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ from tqdm import tqdm
 
 from bcrn_fast.checkpoint import CheckpointError, infer_scale, load_checkpoint
 from bcrn_fast.evaluate import DatasetError, default_data_dir, evaluate, format_table, set5_dirs
-from bcrn_fast.imageio import ImageError, find_images, image_size, read_image, write_png_atomic
+from bcrn_fast.imageio import ImageError, atomic_output, image_size, read_image_array, write_png
+from bcrn_fast.jobs import Job, plan_jobs
 from bcrn_fast.model import MIN_SIZE, SCALES
 from bcrn_fast.ops._common import BackendUnavailable
 from bcrn_fast.validation import InputError
@@ -37,6 +42,7 @@ PROG = "bcrn-fast"
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 BACKENDS = ("auto", "triton", "cuda", "torch", "reference")
 EXIT_USAGE = 2
+EXIT_FAILED = 1  # --keep-going: some files failed
 
 
 class CLIError(Exception):
@@ -137,11 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="BCRN super-resolution: upscale images, evaluate, benchmark.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    up = sub.add_parser("upscale", help="super-resolve images", description="Super-resolve PNG/JPEG/BMP images.")
-    up.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders of images")
-    up.add_argument("-o", "--output", "--outdir", dest="outdir", required=True, help="output folder")
-    up.add_argument("--overwrite", action="store_true", help="replace existing outputs (never an input file)")
-    _add_model_args(up)
+    up = sub.add_parser(
+        "upscale", help="super-resolve images and videos", description="Super-resolve images (PNG/JPEG/BMP) and videos."
+    )
+    _add_upscale_args(up)
 
     ev = sub.add_parser(
         "eval", help="PSNR/SSIM on an HR/LR folder pair", description="Evaluate by the paper's protocol."
@@ -153,59 +158,84 @@ def build_parser() -> argparse.ArgumentParser:
 
     be = sub.add_parser("bench", help="time the model", description="Time BCRN forward passes.")
     bench.add_arguments(be)
+
+    ex = sub.add_parser(
+        "export", help="export the network (ONNX)", description="Export BCRN to ONNX and verify it on ONNX Runtime."
+    )
+    from bcrn_fast import export
+
+    export.add_arguments(ex)
     return parser
 
 
-def _collect_inputs(items: Sequence[str]) -> list[Path]:
-    files: list[Path] = []
-    seen: set[Path] = set()
-    for item in items:
-        p = Path(item)
-        if p.is_dir():
-            found = find_images(p)
-            if not found:
-                raise CLIError(f"{p}: folder holds no .png/.jpg/.jpeg/.bmp images")
-        elif p.exists():
-            found = [p]
-        else:
-            raise CLIError(f"{p}: no such file or folder")
-        for f in found:
-            key = f.resolve()
-            if key not in seen:
-                seen.add(key)
-                files.append(f)
-    return files
+def _tile_arg(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"--tile expects a positive number of LR pixels or 'auto', got {text!r}")
+    return value
 
 
-def _plan_outputs(inputs: list[Path], outdir: Path, scale: int, overwrite: bool) -> list[Path]:
-    outputs = [outdir / f"{f.stem}_x{scale}.png" for f in inputs]
-    by_out: dict[Path, Path] = {}
-    input_keys = {f.resolve() for f in inputs}
-    for f, out in zip(inputs, outputs, strict=True):
-        key = out.resolve()
-        if key in by_out:
-            raise CLIError(f"{by_out[key]} and {f} would both be written to {out}; rename one of them")
-        by_out[key] = f
-        if key in input_keys or (out.exists() and any(out.samefile(i) for i in inputs)):
-            raise CLIError(f"{out} is an input image; refusing to overwrite it (choose another output folder)")
-    existing = [o for o in outputs if o.exists()]
-    if existing and not overwrite:
-        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
-        raise CLIError(f"{existing[0]}{more} already exists; pass --overwrite to replace")
-    for o in existing:
-        if not o.is_file():
-            raise CLIError(f"{o} exists and is not a file")
-    return outputs
+def _gib_arg(text: str) -> int:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"--max-memory expects a positive size in GiB, got {text!r}")
+    return int(value * 2**30)
 
 
-def _check_sizes(inputs: list[Path]) -> None:
-    for f in inputs:
-        w, h = image_size(f)
-        if w < MIN_SIZE or h < MIN_SIZE:
-            raise CLIError(
-                f"{f} is {w}x{h} pixels; ESA needs at least {MIN_SIZE}x{MIN_SIZE} LR pixels "
-                f"(pad the image, e.g. reflect-pad, to at least that size)"
-            )
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _add_upscale_args(up: argparse.ArgumentParser) -> None:
+    from bcrn_fast.video import DEFAULT_CODEC, DEFAULT_CRF, DEFAULT_PRESET
+
+    up.add_argument("inputs", nargs="+", metavar="INPUT", help="image or video files, or folders of them")
+    up.add_argument(
+        "-o", "--output", "--outdir", dest="outdir", required=True, help="output folder (or file, for one video)"
+    )
+    exist = up.add_mutually_exclusive_group()
+    exist.add_argument("--overwrite", action="store_true", help="replace existing outputs (never an input file)")
+    exist.add_argument(
+        "--skip-existing", action="store_true", help="leave existing outputs alone and skip their inputs"
+    )
+    up.add_argument("--recursive", "-r", action="store_true", help="look in subfolders; mirror the tree under -o")
+    up.add_argument("--keep-going", action="store_true", help="report and skip bad files; exit 1 if any failed")
+    _add_model_args(up)
+    perf = up.add_argument_group("pipeline")
+    perf.add_argument("--batch", type=_positive_int, help="frames/images per batch (default 1 on the CPU, 4 on CUDA)")
+    perf.add_argument("--queue", type=_positive_int, default=8, help="items buffered per stage (default 8)")
+    perf.add_argument("--read-workers", type=_positive_int, default=2, help="image-reading threads (default 2)")
+    perf.add_argument("--compile", action="store_true", help="torch.compile the model (pays off on long jobs)")
+    perf.add_argument("--tile", type=_tile_arg, help="exact tiled inference with N-pixel tiles, or 'auto'")
+    perf.add_argument("--max-memory", type=_gib_arg, metavar="GiB", help="device memory budget for --tile auto")
+    vid = up.add_argument_group("video")
+    vid.add_argument(
+        "--codec", default=DEFAULT_CODEC, help=f"video encoder (default {DEFAULT_CODEC}; ffv1 is lossless)"
+    )
+    vid.add_argument("--crf", type=int, help=f"quality for libx264/libx265/vp9/av1 (default {DEFAULT_CRF})")
+    vid.add_argument("--pix-fmt", help="encoder pixel format (default yuv420p; bgr0, i.e. RGB, for ffv1)")
+    vid.add_argument("--preset", default=DEFAULT_PRESET, help=f"libx264/libx265 preset (default {DEFAULT_PRESET})")
+    vid.add_argument("--container", help="video output extension, e.g. mkv (default: the input's, or mp4)")
+    vid.add_argument("--frames", metavar="A:B", help="only frames A..B-1 of each video")
+    ray = up.add_argument_group("scale-out")
+    ray.add_argument("--engine", choices=("local", "ray"), default="local", help="local pipeline (default) or Ray Data")
+    ray.add_argument("--ray-address", help="Ray cluster address (default: start a local one)")
+    ray.add_argument("--gpus-per-worker", type=float, help="GPUs per Ray actor (default 1 on CUDA, 0 on the CPU)")
+    ray.add_argument("--workers", type=_positive_int, help="Ray actors (default: one per GPU, or 1 on the CPU)")
 
 
 def _progress(args: argparse.Namespace) -> bool:
@@ -217,25 +247,220 @@ def _note(message: str) -> None:
     tqdm.write(f"{PROG}: note: {message}", file=sys.stderr)
 
 
+def _failed(message: str) -> None:
+    tqdm.write(f"{PROG}: failed: {message}", file=sys.stderr)
+
+
+def _check_tiling(args: argparse.Namespace) -> None:
+    if args.max_memory is not None and args.tile is None:
+        args.tile = "auto"
+    if args.tile is not None:
+        try:
+            from bcrn_fast.tiling import tiled_forward  # noqa: F401
+        except ImportError as exc:
+            raise CLIError(f"--tile needs bcrn_fast.tiling.tiled_forward, which cannot be imported ({exc})") from None
+
+
+def _prescan(jobs: list[Job], args: argparse.Namespace, failures: list[str]) -> list[Job]:
+    """Check headers (and that PyAV is there for videos) before any work; bad files fail now."""
+    from bcrn_fast.video import probe, require_av
+
+    if any(j.kind == "video" for j in jobs):
+        require_av()
+    elif args.frames is not None:
+        raise CLIError("--frames applies to videos, and no input is a video")
+    good = []
+    for job in jobs:
+        try:
+            if job.kind == "video":
+                probe(job.src)
+            else:
+                image_size(job.src)
+        except (ImageError, InputError) as exc:
+            if not args.keep_going:
+                raise
+            _failed(_one_line(exc))
+            failures.append(str(job.src))
+            continue
+        good.append(job)
+    return good
+
+
+def _checkpoint_scale(args: argparse.Namespace) -> int:
+    model = load_checkpoint(args.weights, args.scale)
+    scale = getattr(model, "scale", None) or infer_scale(model.state_dict())
+    if scale is None:
+        raise CLIError(f"cannot determine the scale of the model loaded from {args.weights}")
+    return int(scale)
+
+
+def _run_ray(jobs: list[Job], args: argparse.Namespace) -> int:
+    """Hand the planned jobs to :func:`bcrn_fast.distributed.run_upscale` (its exit status is ours)."""
+    try:
+        from bcrn_fast.distributed import run_upscale
+    except ImportError as exc:
+        raise CLIError(
+            f"--engine ray needs bcrn_fast.distributed.run_upscale, which cannot be imported ({exc})"
+        ) from None
+    if args.gpus_per_worker is None:  # the workers' device, not this machine's: --device names it
+        args.gpus_per_worker = 1.0 if str(args.device).startswith("cuda") else 0.0
+    return int(run_upscale(jobs, args) or 0)
+
+
+def _upscale_images(jobs: list[Job], runner, args: argparse.Namespace, failures: list[str]) -> int:  # noqa: ANN001
+    """Images through the pipeline: thread-pool reads, equal sizes batched, PNGs written atomically."""
+    from bcrn_fast.pipeline import Item, image_item_data, ordered_map, run_pipeline
+
+    def read(job: Job) -> Item:  # on a pool thread: numpy only (see pipeline.ordered_map)
+        try:
+            arr, note = read_image_array(job.src)
+        except ImageError as exc:
+            return Item(job, None, exc)
+        if note:
+            _note(f"{job.src}: {note}")
+        h, w = arr.shape[:2]
+        if h < MIN_SIZE or w < MIN_SIZE:
+            _note(f"{job.src}: {w}x{h} is below {MIN_SIZE}x{MIN_SIZE}; reflect-padded to run, output cropped back")
+        return Item(job, image_item_data(arr))
+
+    done = 0
+    bar = tqdm(total=len(jobs), desc="upscale", unit="img", disable=not (len(jobs) > 1 and _progress(args)))
+
+    def write(item: Item, out: torch.Tensor | None) -> None:
+        nonlocal done
+        job: Job = item.key
+        bar.update(1)
+        if item.error is not None:
+            if not args.keep_going:
+                raise item.error
+            _failed(_one_line(item.error))
+            failures.append(str(job.src))
+            return
+        try:
+            with atomic_output(job.dst) as tmp:
+                write_png(out.numpy(), tmp)
+        except OSError as exc:  # e.g. a full disk or a read-only folder
+            if not args.keep_going:
+                raise
+            _failed(f"{job.dst}: {_one_line(exc)}")
+            failures.append(str(job.src))
+            return
+        done += 1
+        tqdm.write(str(job.dst), file=sys.stdout)
+
+    try:
+        run_pipeline(
+            ordered_map(read, jobs, workers=args.read_workers), runner, write, batch=args.batch, queue_size=args.queue
+        )
+    finally:
+        bar.close()
+    return done
+
+
+def _upscale_videos(jobs: list[Job], runner, scale: int, args: argparse.Namespace, failures: list[str]) -> int:  # noqa: ANN001
+    from bcrn_fast.video import parse_frames, upscale_video
+
+    frames = parse_frames(args.frames)
+    done = 0
+    for job in jobs:
+        try:
+            stats = upscale_video(
+                runner,
+                job.src,
+                job.dst,
+                scale,
+                codec=args.codec,
+                crf=args.crf,
+                pix_fmt=args.pix_fmt,
+                preset=args.preset,
+                frames=frames,
+                batch=args.batch,
+                queue_size=args.queue,
+                progress=_progress(args),
+                note=_note,
+            )
+        except (InputError, ImageError, OSError) as exc:
+            if not args.keep_going:
+                raise
+            _failed(_one_line(exc))
+            failures.append(str(job.src))
+            continue
+        done += 1
+        tqdm.write(str(job.dst), file=sys.stdout)
+        if _progress(args):
+            rate = f"{stats.rate:.2f} frames/s, model busy {stats.busy:.0%}"
+            _note(f"{job.src}: {stats.items} frames in {stats.wall:.1f} s ({rate})")
+    return done
+
+
+def _tile_progress(args: argparse.Namespace):  # noqa: ANN202
+    """A per-tile bar for tiled images (on a terminal)."""
+    if not _progress(args):
+        return None
+
+    def make(shape: tuple[int, ...]):  # noqa: ANN202
+        bar = tqdm(desc=f"tiles {shape[-1]}x{shape[-2]}", unit="tile", leave=False)
+
+        def update(done: int, total: int) -> None:
+            bar.total = total
+            bar.n = done
+            bar.refresh()
+            if done >= total:
+                bar.close()
+
+        return update
+
+    return make
+
+
 def _cmd_upscale(args: argparse.Namespace) -> int:
-    inputs = _collect_inputs(args.inputs)
+    from bcrn_fast.pipeline import Runner, prepare_model
+
     outdir = Path(args.outdir)
-    if outdir.exists() and not outdir.is_dir():
+    _check_tiling(args)
+    if args.engine == "ray":  # the workers load the model; here only its scale (and a valid checkpoint)
+        scale = _checkpoint_scale(args)
+    else:
+        model, scale, device, dtype = _load_model(args)
+    suffix = args.container
+    if suffix is None and args.codec == "ffv1":
+        suffix = ".mkv"  # ffv1 does not go into mp4
+    jobs, skipped = plan_jobs(
+        args.inputs,
+        outdir,
+        scale,
+        recursive=args.recursive,
+        skip_existing=args.skip_existing,
+        overwrite=args.overwrite,
+        suffix=suffix,
+    )
+    if outdir.exists() and not outdir.is_dir() and not (len(jobs) == 1 and jobs[0].dst == outdir):
         raise CLIError(f"output {outdir} exists and is not a folder")
-    _check_sizes(inputs)
-    model, scale, device, dtype = _load_model(args)
-    outputs = _plan_outputs(inputs, outdir, scale, args.overwrite)
-    outdir.mkdir(parents=True, exist_ok=True)
-    show = len(inputs) > 1 and _progress(args)
-    with torch.inference_mode():
-        for f, out in tqdm(list(zip(inputs, outputs, strict=True)), desc="upscale", unit="img", disable=not show):
-            x, note = read_image(f)
-            if note:
-                _note(f"{f}: {note}")
-            y = model(x.to(device=device, dtype=dtype))
-            write_png_atomic(y, out)
-            tqdm.write(str(out), file=sys.stdout)
-    return 0
+    failures: list[str] = []
+    jobs = _prescan(jobs, args, failures)
+    if args.engine == "ray":
+        if skipped:
+            _note(f"{len(skipped)} skipped (output exists)")
+        code = _run_ray(jobs, args) if jobs else 0
+        return code or (EXIT_FAILED if failures else 0)
+    if args.batch is None:
+        args.batch = 4 if device.type == "cuda" else 1
+    model = prepare_model(model, device, compile=args.compile)
+    runner = Runner(
+        model, device, dtype, tile=args.tile, max_memory=args.max_memory, tile_progress=_tile_progress(args)
+    )
+    images = [j for j in jobs if j.kind == "image"]
+    videos = [j for j in jobs if j.kind == "video"]
+    done = _upscale_images(images, runner, args, failures) if images else 0
+    done += _upscale_videos(videos, runner, scale, args, failures) if videos else 0
+    if skipped or failures or len(jobs) + len(skipped) > 1:
+        parts = [f"{done} written"]
+        if skipped:
+            parts.append(f"{len(skipped)} skipped (output exists)")
+        if failures:
+            parts.append(f"{len(failures)} failed: {', '.join(failures[:5])}" + (" ..." if len(failures) > 5 else ""))
+        print(f"{PROG}: {'; '.join(parts)}", file=sys.stderr)
+    return EXIT_FAILED if failures else 0
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -273,6 +498,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_upscale(args)
         if args.command == "eval":
             return _cmd_eval(args)
+        if args.command == "export":
+            from bcrn_fast import export
+
+            return int(export.run(args) or 0)
         from bcrn_fast import bench
 
         return int(bench.run(args) or 0)

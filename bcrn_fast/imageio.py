@@ -10,8 +10,10 @@ is converted to RGB and reported with a one-line note; unreadable inputs raise
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,12 +23,14 @@ from PIL import Image, UnidentifiedImageError
 __all__ = [
     "IMAGE_EXTENSIONS",
     "ImageError",
+    "atomic_output",
     "find_images",
     "image_size",
     "read_image",
     "read_image_array",
     "read_rgb_uint8",
     "to_uint8",
+    "write_png",
     "write_png_atomic",
 ]
 
@@ -174,36 +178,65 @@ def to_uint8(tensor: torch.Tensor) -> np.ndarray:
     return t.permute(1, 2, 0).contiguous().numpy()
 
 
-def write_png_atomic(image: np.ndarray | torch.Tensor, path: str | os.PathLike[str]) -> Path:
-    """Write ``image`` as a PNG at ``path`` atomically and return the path.
+@contextlib.contextmanager
+def atomic_output(dst: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a hidden temporary path beside ``dst`` (same extension); rename it onto ``dst`` on success.
 
-    ``image`` is an ``HxWx3`` (or ``HxW``) uint8 array or an image tensor
-    (converted with :func:`to_uint8`). The PNG is written to a hidden temporary
-    file in the destination folder, flushed to disk and then moved over
-    ``path`` with ``os.replace``, so an interrupted run never leaves a
-    half-written output; on any error the temporary file is removed. An
-    existing ``path`` is replaced (callers decide whether that is allowed).
+    The folder is created when missing. The finished file is flushed to disk before the
+    ``os.replace``; on any exception (``KeyboardInterrupt`` included) the temporary file is
+    removed and ``dst`` is left as it was. Listings (:func:`find_images`) skip hidden files,
+    so a temporary file is never taken for an input.
     """
-    arr = to_uint8(image) if isinstance(image, torch.Tensor) else np.asarray(image)
-    if arr.dtype != np.uint8 or arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] != 3):
-        raise ValueError(f"expected an HxWx3 or HxW uint8 image, got {arr.dtype} array of shape {arr.shape}")
-    dest = Path(path)
-    tmp = dest.with_name(f".{dest.name}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    dest = Path(dst)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.stem}.{secrets.token_hex(6)}.tmp{dest.suffix}")
     try:
-        with os.fdopen(fd, "wb") as fh:
-            Image.fromarray(np.ascontiguousarray(arr)).save(fh, format="PNG")
-            fh.flush()
+        yield tmp
+        if not tmp.is_file():
+            raise OSError(f"{dest}: nothing was written")
+        with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, dest)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return dest
+
+
+def _as_uint8(image: np.ndarray | torch.Tensor) -> np.ndarray:
+    arr = to_uint8(image) if isinstance(image, torch.Tensor) else np.asarray(image)
+    if arr.dtype != np.uint8 or arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] != 3):
+        raise ValueError(f"expected an HxWx3 or HxW uint8 image, got {arr.dtype} array of shape {arr.shape}")
+    return np.ascontiguousarray(arr)
+
+
+def write_png(image: np.ndarray | torch.Tensor, path: str | os.PathLike[str]) -> Path:
+    """Write ``image`` (``HxWx3``/``HxW`` uint8 array or image tensor) as a PNG at ``path`` (not atomic)."""
+    arr = _as_uint8(image)
+    with open(path, "wb") as fh:
+        Image.fromarray(arr).save(fh, format="PNG")
+    return Path(path)
+
+
+def write_png_atomic(image: np.ndarray | torch.Tensor, path: str | os.PathLike[str]) -> Path:
+    """Write ``image`` as a PNG at ``path`` atomically and return the path.
+
+    ``image`` is an ``HxWx3`` (or ``HxW``) uint8 array or an image tensor
+    (converted with :func:`to_uint8`). The PNG goes through :func:`atomic_output`:
+    a hidden temporary file in the destination folder, flushed to disk and then
+    moved over ``path`` with ``os.replace``, so an interrupted run never leaves a
+    half-written output. An existing ``path`` is replaced (callers decide whether
+    that is allowed).
+    """
+    arr = _as_uint8(image)
+    with atomic_output(path) as tmp:
+        write_png(arr, tmp)
+    return Path(path)
 
 
 def find_images(folder: str | os.PathLike[str]) -> list[Path]:
     """Files in ``folder`` (not recursive) ending in .png/.jpg/.jpeg/.bmp, any case, sorted by name.
+
+    Hidden files (names starting with ``.``, such as :func:`atomic_output`'s temporaries) are skipped.
 
     Raises :class:`ImageError` when ``folder`` does not exist or is not a folder.
     """
@@ -213,6 +246,6 @@ def find_images(folder: str | os.PathLike[str]) -> list[Path]:
     if not d.is_dir():
         raise ImageError(f"{d} is not a folder")
     return sorted(
-        (p for p in d.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()),
+        (p for p in d.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file()),
         key=lambda p: p.name,
     )

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from bsconv.pytorch import BSConvU
 from torch import nn
 
+from bcrn_fast.bsconv import BSConvU
 from bcrn_fast.validation import check_image_batch
 
 SCALES = (2, 3, 4)

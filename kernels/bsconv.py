@@ -62,6 +62,8 @@ def bsconv_kernel(
     PRECISION: tl.constexpr,  # tl.dot input_precision for fp32 operands ("ieee" | "tf32")
     DOT_IN_FP32: tl.constexpr,  # upcast half operands to fp32 before tl.dot: only under the interpreter with
     # bf16, whose dot multiplies raw bf16 bit patterns (Triton 3.9); exact, so results match the GPU path
+    WIDE_INDEX: tl.constexpr,  # int64 in-image offsets: some tensor's largest element offset is >= 2^31
+    # (ops._common.needs_wide_index; e.g. the 384-channel buffer of a > 5.59 M-pixel image); else i32 math
 ):
     # y[n, o, q] = act(b[o] + Σ_tap dw[tap, o] · Σ_i pw[i, o] · s[n, i] · x[n, i, q·STRIDE − PAD + tap]) + res[n, o, q]
     # (zero padding outside the image; o = c·r² + i·r + j is stored at
@@ -75,13 +77,20 @@ def bsconv_kernel(
     pid_p = tl.program_id(0)
     n = tl.program_id(1).to(tl.int64)
 
-    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)  # [BLOCK_P] output pixel index
+    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)  # [BLOCK_P] output pixel index (< HO·WO < 2^31)
     p_mask = offs_p < HO * WO
     oh = offs_p // WO
     ow = offs_p % WO
     offs_o = tl.arange(0, COUT_PAD)  # [COUT_PAD] output channel
     o_mask = offs_o < COUT
     offs_k = tl.arange(0, BLOCK_K)  # [BLOCK_K] input channel within the chunk
+    if WIDE_INDEX:
+        # Every in-image offset below is a sum of (row, column, channel) index × stride terms; with int64
+        # indices each product and sum is int64 (i32 strides are promoted), so no term can wrap.
+        oh = oh.to(tl.int64)
+        ow = ow.to(tl.int64)
+        offs_o = offs_o.to(tl.int64)
+        offs_k = offs_k.to(tl.int64)
 
     x_img = x_ptr + n * sxn
     acc = tl.zeros((BLOCK_P, COUT_PAD), dtype=tl.float32)
@@ -114,7 +123,8 @@ def bsconv_kernel(
 
     acc += tl.load(b_ptr + offs_o, mask=o_mask, other=0.0)[None, :]
     if ACT == 1:
-        acc = tl.maximum(acc, 0.0)
+        # relu that keeps NaN like torch.relu (the GPU's max.f32 returns the non-NaN operand)
+        acc = tl.where(acc != acc, acc, tl.maximum(acc, 0.0))
     if ACT == 2:
         acc = 0.5 * acc * (1.0 + tl.erf(acc * _INV_SQRT2))
 

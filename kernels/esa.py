@@ -12,7 +12,7 @@ finalisation of the CCA scale.
 import triton
 import triton.language as tl
 
-from .cca import cca_finalize, cca_publish_partials, cca_tile_partials
+from .cca import cca_merge_tile, cca_tile_partials
 
 
 @triton.jit
@@ -37,6 +37,7 @@ def esa_pool_kernel(
     # meta
     F: tl.constexpr,  # 16: whole channel row per pixel
     BLOCK_Q: tl.constexpr,  # pooled pixels per program: tile shape
+    WIDE_INDEX: tl.constexpr,  # int64 in-image offsets (a tensor's largest element offset >= 2^31), else i32
 ):
     """``v[n, :, i, j] = max_{dy,dx<7} (b + Σ_{ky,kx<3} dw[3ky+kx] ⊙ a[n, :, 6i+2dy+ky, 6j+2dx+kx])``.
 
@@ -59,6 +60,10 @@ def esa_pool_kernel(
     svalid = (dy < 7) & (dx < 7)
     i = offs_q // Wp
     j = offs_q % Wp
+    if WIDE_INDEX:  # int64 row/column/channel indices make every offset product and sum below int64
+        i = i.to(tl.int64)
+        j = j.to(tl.int64)
+        offs_f = offs_f.to(tl.int64)
     # Top-left input tap of c1[3i + dy, 3j + dx]: a[6i + 2dy, 6j + 2dx].
     r0 = (6 * i)[:, None] + (2 * dy)[None, :]  # [BLOCK_Q, 64]
     c0 = (6 * j)[:, None] + (2 * dx)[None, :]
@@ -103,6 +108,8 @@ def esa_apply_kernel(
     W,
     HW,
     T,  # tiles per image = cdiv(HW, BLOCK_P)
+    G,  # tiles per CCA merge group (bcrn_fast.ops.cca.merge_group)
+    N,  # images
     Hl,
     Wl,
     scale_h,  # fp32 Hl / H (torch's align_corners=False ratio)
@@ -131,6 +138,7 @@ def esa_apply_kernel(
     HAS_CCA: tl.constexpr,  # compile the CCA statistics in or out
     DOT_IN_FP32: tl.constexpr,  # upcast dot operands (interpreter workaround, bf16 only)
     INPUT_PRECISION: tl.constexpr,  # "ieee" | "tf32" for fp32 dots
+    WIDE_INDEX: tl.constexpr,  # int64 in-image offsets (e.g. u's slice of a 384-channel 4K buffer), else i32
 ):
     """``u = t ⊙ σ(W4ᵀ·(bilinear↑(c3) + Wfᵀ·t + bf) + b4)`` (+ CCA partials of u).
 
@@ -148,8 +156,20 @@ def esa_apply_kernel(
     pmask = offs_p < HW
     h = offs_p // W
     w = offs_p % W
+    # Address copies of the indices: int64 under WIDE_INDEX, so every offset product and sum is int64.
+    # (offs_c/offs_f also index the small weight matrices; those offsets stay far below 2^31 either way.)
+    if WIDE_INDEX:
+        h_a = h.to(tl.int64)
+        w_a = w.to(tl.int64)
+        c_a = offs_c.to(tl.int64)
+        f_a = offs_f.to(tl.int64)
+    else:
+        h_a = h
+        w_a = w
+        c_a = offs_c
+        f_a = offs_f
 
-    t_ptrs = t_ptr + n64 * stride_tn + h[:, None] * stride_th + w[:, None] * stride_tw + offs_c[None, :] * stride_tc
+    t_ptrs = t_ptr + n64 * stride_tn + h_a[:, None] * stride_th + w_a[:, None] * stride_tw + c_a[None, :] * stride_tc
     t = tl.load(t_ptrs, mask=pmask[:, None], other=0.0)
     wf = tl.load(wf_ptr + offs_c[:, None] * F + offs_f[None, :])
     w4 = tl.load(w4_ptr + offs_f[:, None] * C + offs_c[None, :])
@@ -168,7 +188,12 @@ def esa_apply_kernel(
     lw = src_w - w0.to(tl.float32)
     h1 = tl.minimum(h0 + 1, Hl - 1)
     w1 = tl.minimum(w0 + 1, Wl - 1)
-    c_base = c3_ptr + n64 * stride_cn + offs_f[None, :] * stride_cf
+    if WIDE_INDEX:
+        h0 = h0.to(tl.int64)
+        w0 = w0.to(tl.int64)
+        h1 = h1.to(tl.int64)
+        w1 = w1.to(tl.int64)
+    c_base = c3_ptr + n64 * stride_cn + f_a[None, :] * stride_cf
     m2d = pmask[:, None]
     v00 = tl.load(c_base + h0[:, None] * stride_ch + w0[:, None] * stride_cw, mask=m2d, other=0.0).to(tl.float32)
     v01 = tl.load(c_base + h0[:, None] * stride_ch + w1[:, None] * stride_cw, mask=m2d, other=0.0).to(tl.float32)
@@ -186,14 +211,33 @@ def esa_apply_kernel(
         pre = tl.dot(z.to(w4_ptr.dtype.element_ty), w4, input_precision=INPUT_PRECISION)
     gate = tl.sigmoid(pre + tl.load(b4_ptr + offs_c)[None, :])
     u = (t.to(tl.float32) * gate).to(u_ptr.dtype.element_ty)
-    u_ptrs = u_ptr + n64 * stride_un + h[:, None] * stride_uh + w[:, None] * stride_uw + offs_c[None, :] * stride_uc
+    u_ptrs = u_ptr + n64 * stride_un + h_a[:, None] * stride_uh + w_a[:, None] * stride_uw + c_a[None, :] * stride_uc
     tl.store(u_ptrs, u, mask=m2d)
 
     if HAS_CCA:
         # Statistics of u as stored (what every consumer of u reads).
         count = tl.minimum(HW - tile * BLOCK_P, BLOCK_P)
         mean, m2 = cca_tile_partials(u.to(tl.float32), pmask, count)
-        if cca_publish_partials(ws_ptr, cnt_ptr, n, tile, T, mean, m2, C):
-            cca_finalize(
-                ws_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, s_ptr, n, T, HW, stride_sn, stride_sc, BLOCK_P, BLOCK_T, C, R
-            )
+        cca_merge_tile(
+            ws_ptr,
+            cnt_ptr,
+            w1_ptr,
+            b1_ptr,
+            w2_ptr,
+            b2_ptr,
+            s_ptr,
+            mean,
+            m2,
+            n,
+            N,
+            tile,
+            T,
+            G,
+            HW,
+            stride_sn,
+            stride_sc,
+            BLOCK_P,
+            BLOCK_T,
+            C,
+            R,
+        )

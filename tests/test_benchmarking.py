@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 import pytest
 import torch
@@ -131,10 +132,10 @@ def bench(monkeypatch):
 @pytest.mark.parametrize(
     ("name", "status", "needle"),
     [
-        ("wrong", "FAILED", "relative error"),
-        ("nan", "FAILED", "relative error inf"),
-        ("shape", "FAILED", "shape"),
-        ("broken", "ERROR", "kernel exploded"),
+        ("wrong", "WRONG", "relative error"),
+        ("nan", "WRONG", "relative error inf"),
+        ("shape", "WRONG", "shape"),
+        ("broken", "CRASHED", "kernel exploded"),
     ],
 )
 def test_wrong_variant_is_rejected_and_never_timed(bench, monkeypatch, name, status, needle):
@@ -171,7 +172,7 @@ def test_skips_on_cpu(bench):
         assert row.status == "SKIPPED" and "CUDA" in row.reason
     row = bench.run_one(Case("model", 2, 16, 16, 1, "fp16"), "eager")
     assert row.status == "SKIPPED" and "half precision" in row.reason
-    assert variants.resolve_variants(None, "cpu") == ["eager", "eager_cl", "inductor", "fused_torch"]
+    assert variants.resolve_variants(None, "cpu") == ["eager", "eager_cl", "inductor", "onnxruntime", "fused_torch"]
     assert variants.resolve_variants("fused_torch", "cpu")[0] == "eager"  # the baseline is always there
     with pytest.raises(ValueError, match="unknown variant"):
         variants.resolve_variants("nope", "cpu")
@@ -237,7 +238,7 @@ def _synthetic_rows():
             1,
             "fp32",
             "fused_cuda",
-            status="FAILED",
+            status="WRONG",
             reason="relative error 3e-2 > 1e-04",
             rel_error=3e-2,
             tolerance=1e-4,
@@ -323,7 +324,7 @@ def test_markdown_table_format():
     assert len(lines[header]) == len(lines[header + 1]) == len(lines[header + 2])
     fused = next(ln for ln in lines if "| fused_triton " in ln and "fp32" in ln)
     assert "2.00" in fused and "5.00x" in fused and "2.00x" in fused and "(0.25x)" in fused
-    assert "| FAILED [1]" in md and "1. relative error 3e-2 > 1e-04" in md
+    assert "| WRONG [1]" in md and "1. relative error 3e-2 > 1e-04" in md
     assert "| SKIPPED [2]" in md and "2. time budget" in md
     assert "H100 SXM" in md and "memory floor ms" in md
     assert "fused_triton is 5.00x eager" in md
@@ -459,3 +460,99 @@ def test_cli_bad_arguments_return_2(capsys):
     assert cli.run(_args("--device", "cpu", "--variants", "warp_drive")) == 2
     assert cli.run(_args("--device", "cpu", "--scales", "5")) == 2
     assert "bcrn-fast: error: bench:" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- one process per row (--isolate)
+def _case32() -> Case:
+    return Case("model", 4, 32, 18, 1, "fp32")
+
+
+def test_isolated_order_runs_baselines_before_fused_rows_and_slow_compiles_last():
+    from bcrn_fast.benchmarking.isolated import isolated_order
+
+    cases = [_case32(), Case("model", 4, 32, 18, 1, "fp16")]
+    variants = ["inductor_max_autotune", "fused_triton", "fused_cuda", "inductor", "eager", "fused_triton_graph"]
+    jobs = [(c, v) for c in cases for v in variants]
+    order = [jobs[i][1] for i in isolated_order(jobs)]
+    assert (
+        order
+        == ["eager"] * 2
+        + ["inductor"] * 2
+        + ["fused_triton"] * 2
+        + ["fused_triton_graph"] * 2
+        + ["fused_cuda"] * 2
+        + ["inductor_max_autotune"] * 2
+    )
+
+
+def test_isolated_row_runs_in_a_child_and_matches_the_in_process_result(tmp_path):
+    from bcrn_fast.benchmarking.isolated import run_isolated
+
+    opts = Options.quick(device=torch.device("cpu"), n_buffers=2, cpu_reps=2, max_row_s=0.1, profile=False)
+    seen = []
+    rows = run_isolated([_case32()], ["eager", "fused_triton"], opts, on_row=lambda r, done: seen.append(r.status))
+    assert [r.variant for r in rows] == ["eager", "fused_triton"]
+    assert rows[0].status == "OK" and rows[0].median_ms > 0 and rows[0].rel_error <= 1e-4
+    assert rows[1].status == "SKIPPED" and "CUDA" in rows[1].reason  # decided in the parent: no child started
+    assert seen == ["OK", "SKIPPED"]
+
+
+@pytest.mark.parametrize(
+    ("script", "status", "needle"),
+    [
+        ("import os, signal; print('kernel launch'); os.kill(os.getpid(), signal.SIGSEGV)", "CRASHED", "SIGSEGV"),
+        ("import sys; print('CUDA error: an illegal memory access'); sys.exit(3)", "CRASHED", "illegal memory"),
+        ("import time; time.sleep(60)", "TIMEOUT", "ran past 2 s"),
+    ],
+)
+def test_isolated_row_that_dies_or_hangs_gets_an_honest_status(monkeypatch, script, status, needle):
+    """A child that segfaults, exits without a row, or hangs is CRASHED/TIMEOUT, and the next row still runs."""
+    from bcrn_fast.benchmarking import isolated
+
+    real_cmd, real_timeout = isolated._child_command, isolated.row_timeout
+    faulty = "eager"  # the first row in run order: the row after it must still be measured
+
+    def cmd(spec, result):
+        return (
+            [sys.executable, "-c", script] if f'"variant": "{faulty}"' in spec.read_text() else real_cmd(spec, result)
+        )
+
+    monkeypatch.setattr(isolated, "_child_command", cmd)
+    monkeypatch.setattr(isolated, "row_timeout", lambda v, o, cap=None: 2.0 if v == faulty else real_timeout(v, o, cap))
+    opts = Options.quick(device=torch.device("cpu"), n_buffers=2, cpu_reps=2, max_row_s=0.1, profile=False)
+    rows = isolated.run_isolated([_case32()], [faulty, "fused_torch"], opts)
+    by = {r.variant: r for r in rows}
+    assert by[faulty].status == status and needle in by[faulty].reason
+    assert by[faulty].median_ms is None
+    assert by["fused_torch"].status == "OK", by["fused_torch"].reason
+
+
+def test_release_after_a_cuda_fault_does_not_raise(monkeypatch):
+    b = Bench(Options.quick(device=torch.device("cpu")))
+    b.device = torch.device("cuda")  # pretend: only _release's CUDA branch is exercised
+
+    def fault():
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(torch.cuda, "empty_cache", fault)
+    b._release()
+    assert "illegal memory access" in b.release_error
+
+
+def test_fused_availability_uses_the_backends_real_check():
+    from bcrn_fast.benchmarking.variants import fused_backend_unavailable, fused_backends
+
+    cpu = torch.device("cpu")
+    assert fused_backend_unavailable("torch", cpu) is None
+    assert "CUDA device" in fused_backend_unavailable("triton", cpu)
+    why = fused_backend_unavailable("cuda", cpu)
+    assert why is not None and "backend='cuda' cannot run" in why  # resolve_backend's own message
+    assert fused_backends(cpu) == (["torch"], None)
+
+
+def test_onnxruntime_variant_skips_with_its_reason_or_matches_eager(bench):
+    row = bench.run_one(_case32(), "onnxruntime")
+    if row.status == "SKIPPED":
+        assert "onnxruntime" in row.reason or "build_ort_session" in row.reason
+    else:
+        assert row.status == "OK" and row.rel_error <= 1e-4, row.reason

@@ -145,12 +145,19 @@ def test_non_rgb_input_note(
         assert im.mode == "RGB" and im.size == (36, 32)
 
 
-def test_too_small_image(tmp_path: Path, weights: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    src = save_rgb(tmp_path / "tiny.png", 10, 10)
-    assert main(["upscale", str(src), "-o", str(tmp_path / "o"), "--weights", str(weights), *REF]) == 2
-    line = one_error_line(capsys.readouterr().err)
-    assert "tiny.png is 10x10 pixels; ESA needs at least 15x15 LR pixels" in line
-    assert not (tmp_path / "o").exists()
+def test_too_small_image_is_padded(tmp_path: Path, weights: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Below ESA's 15x15 minimum: reflect-padded at the bottom/right, run, cropped back, with a note."""
+    src = save_rgb(tmp_path / "tiny.png", 10, 12)
+    assert main(["upscale", str(src), "-o", str(tmp_path / "o"), "--weights", str(weights), *REF]) == 0
+    assert "tiny.png: 12x10 is below 15x15; reflect-padded to run, output cropped back" in capsys.readouterr().err
+    got = np.array(Image.open(tmp_path / "o" / "tiny_x2.png")).astype(int)
+    assert got.shape == (20, 24, 3)
+    x, _ = read_image(src)
+    with torch.inference_mode():
+        want = to_uint8(
+            load_checkpoint(weights)(torch.nn.functional.pad(x, (0, 3, 0, 5), mode="reflect"))[..., :20, :24]
+        )
+    assert np.abs(got - want.astype(int)).max() <= 1
 
 
 def test_missing_input(tmp_path: Path, weights: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -163,6 +170,7 @@ def test_corrupt_input(tmp_path: Path, weights: Path, capsys: pytest.CaptureFixt
     bad.write_bytes(b"\x89PNG\r\n\x1a\n this is not really a png")
     assert main(["upscale", str(bad), "-o", str(tmp_path / "o"), "--weights", str(weights), *REF]) == 2
     assert "bad.png: not a readable image" in one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "o").exists()  # header checks come before any work
 
 
 def test_truncated_input(tmp_path: Path, weights: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -249,6 +257,53 @@ def test_fused_torch_backend_matches_reference(tmp_path: Path, weights: Path) ->
     assert np.abs(got - expected_sr(weights, src).astype(int)).max() <= 1
 
 
+def test_tile_flag_matches_whole_image(tmp_path: Path, weights: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--tile routes through bcrn_fast.tiling.tiled_forward: the same PNG as the whole-image run (1 step)."""
+    src = save_rgb(tmp_path / "pic.png", 40, 37)
+    base = ["upscale", str(src), "--weights", str(weights), *REF]
+    assert main([*base, "-o", str(tmp_path / "tiled"), "--tile", "20"]) == 0
+    assert main([*base, "-o", str(tmp_path / "whole")]) == 0
+    tiled = np.array(Image.open(tmp_path / "tiled" / "pic_x2.png")).astype(int)
+    whole = np.array(Image.open(tmp_path / "whole" / "pic_x2.png")).astype(int)
+    assert tiled.shape == (80, 74, 3) and np.abs(tiled - whole).max() <= 1
+    capsys.readouterr()
+    assert main([*base, "-o", str(tmp_path / "x"), "--tile", "0"]) == 2
+    assert "--tile expects a positive number of LR pixels or 'auto'" in one_error_line(capsys.readouterr().err)
+    assert main([*base, "-o", str(tmp_path / "x"), "--max-memory", "-1"]) == 2
+    assert "--max-memory expects a positive size in GiB" in one_error_line(capsys.readouterr().err)
+
+
+def test_engine_ray_hands_planned_jobs_over(
+    tmp_path: Path, weights: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--engine ray plans with bcrn_fast.jobs, then calls bcrn_fast.distributed.run_upscale(jobs, args)."""
+    import types
+
+    from bcrn_fast.jobs import Job
+
+    src = tmp_path / "in"
+    src.mkdir()
+    a = save_rgb(src / "a.png")
+    save_rgb(src / "b.png", seed=2)
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "b_x2.png").write_bytes(b"done")
+    seen = {}
+
+    def run_upscale(jobs, args):  # noqa: ANN001, ANN202
+        seen.update(jobs=jobs, gpus=args.gpus_per_worker, workers=args.workers)
+        return 0
+
+    monkeypatch.setitem(sys.modules, "bcrn_fast.distributed", types.SimpleNamespace(run_upscale=run_upscale))
+    args = ["upscale", str(src), "-o", str(tmp_path / "o"), "--weights", str(weights), "--engine", "ray"]
+    assert main([*args, "--skip-existing", "--workers", "3"]) == 0
+    assert seen == {"jobs": [Job(a, tmp_path / "o" / "a_x2.png", "image")], "gpus": 0.0, "workers": 3}
+    assert not (tmp_path / "o" / "a_x2.png").exists()  # nothing ran locally
+    monkeypatch.setitem(sys.modules, "bcrn_fast.distributed", None)  # as if the module were missing
+    capsys.readouterr()
+    assert main([*args, "--overwrite"]) == 2
+    assert "--engine ray needs bcrn_fast.distributed.run_upscale" in one_error_line(capsys.readouterr().err)
+
+
 # ---------------------------------------------------------------- eval
 
 
@@ -325,7 +380,7 @@ def test_bench_quick(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(args) == 0
     out = capsys.readouterr().out
     # both variants verified against the reference, then timed
-    assert re.search(r"model x3 16x20 N=1 fp32: eager \d+\.\d+ ms/img, fused_torch \d+\.\d+ ms/img", out), out
+    assert re.search(r"model x3 16x20 N=1 fp32: eager \d+(\.\d+)? ms/img, fused_torch \d+(\.\d+)? ms/img", out), out
     assert re.search(r"\| fused_torch +\| OK", out), out
     assert main(["bench", "--sizes", "big"]) == 2
     assert "WIDTHxHEIGHT" in one_error_line(capsys.readouterr().err)

@@ -72,13 +72,18 @@ TRITON_CASES = [
 ]
 if QUICK:
     TRITON_CASES = TRITON_CASES[:2]
-TORCH_CASES = [(s, d, shape) for s in (2, 3, 4) for d in (torch.float32, torch.float16, torch.bfloat16)
-               for shape in ((1, 15, 15), (2, 17, 23), (1, 31, 20))]
+TORCH_CASES = [
+    (s, d, shape)
+    for s in (2, 3, 4)
+    for d in (torch.float32, torch.float16, torch.bfloat16)
+    for shape in ((1, 15, 15), (2, 17, 23), (1, 31, 20))
+]
 CASES = [("triton", *c) for c in TRITON_CASES] + [("torch", *c) for c in TORCH_CASES]
 
 
 @pytest.mark.parametrize(
-    "backend,scale,dtype,shape", CASES,
+    "backend,scale,dtype,shape",
+    CASES,
     ids=[f"{b}-x{s}-{str(d)[6:]}-{'x'.join(map(str, sh))}" for b, s, d, sh in CASES],
 )
 def test_bcrn_fused_matches_reference(scale, dtype, backend, shape):

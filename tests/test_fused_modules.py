@@ -12,7 +12,6 @@ import copy
 
 import pytest
 import torch
-from bsconv.pytorch import BSConvU
 
 from bcrn_fast.fused import (
     FUSED_CLASSES,
@@ -22,7 +21,13 @@ from bcrn_fast.fused import (
     FusedConvNeXtBlock,
     FusedESA,
 )
-from bcrn_fast.model import ESA, BluePrintShortcutBlock, CCALayer, ConvNeXtBlock
+from bcrn_fast.model import (
+    ESA,
+    BluePrintShortcutBlock,
+    BSConvU,  # the class the reference model is built from
+    CCALayer,
+    ConvNeXtBlock,
+)
 from bcrn_fast.validation import InputError
 from tests.utils import assert_close_to_ref, guarded
 

@@ -141,3 +141,41 @@ def test_bad_inputs_are_rejected(x: torch.Tensor, match: str) -> None:
 def test_bad_scale_is_rejected() -> None:
     with pytest.raises(ValueError, match="scale"):
         BCRN(5)
+
+
+# ----------------------------------------------------------------------------- vendored BSConvU
+BSCONV_CASES = [
+    dict(in_channels=5, out_channels=7, kernel_size=3, padding=1),
+    dict(in_channels=4, out_channels=6, kernel_size=3, stride=2, padding=0, bias=False),
+    dict(in_channels=3, out_channels=4, kernel_size=(3, 5), padding=(1, 2), dilation=2, padding_mode="reflect"),
+    dict(in_channels=4, out_channels=4, kernel_size=1, with_bn=True, bn_kwargs={"momentum": 0.3}),
+]
+
+
+@pytest.mark.parametrize("kwargs", BSCONV_CASES)
+def test_vendored_bsconvu_equals_the_package(kwargs: dict) -> None:
+    """bcrn_fast.bsconv.BSConvU (vendored: the GPU image has no bsconv) is the package's class, module for module."""
+    package = pytest.importorskip("bsconv.pytorch", reason="the bsconv package (test extra) is not installed")
+    from bcrn_fast.bsconv import BSConvU
+
+    torch.manual_seed(0)
+    theirs = package.BSConvU(**kwargs).eval()
+    ours = BSConvU(**kwargs).eval()
+    assert [(n, type(m)) for n, m in ours.named_modules()][1:] == [(n, type(m)) for n, m in theirs.named_modules()][1:]
+    assert [(n, type(m).__name__, m.extra_repr()) for n, m in ours.named_children()] == [
+        (n, type(m).__name__, m.extra_repr()) for n, m in theirs.named_children()
+    ]
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in theirs.state_dict().items()}
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    x = torch.randn(2, kwargs["in_channels"], 11, 13, generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        assert torch.equal(ours(x), theirs(x))
+
+
+def test_model_uses_the_vendored_bsconvu() -> None:
+    from bcrn_fast.bsconv import BSConvU
+
+    model = BCRN(4)
+    assert type(model.conv1) is BSConvU and type(model.convNext1.conv) is BSConvU
+    assert BSConvU.__module__ == "bcrn_fast.bsconv"

@@ -7,22 +7,20 @@ r = 2, 3, 4). Inputs are NaN guard-banded views; Triton outputs are written
 into NaN-poisoned, guard-banded buffers.
 """
 
-import os
+import copy
+import shutil
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
 
-import copy  # noqa: E402
-import shutil  # noqa: E402
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from bsconv.pytorch import BSConvU  # noqa: E402
-from torch import nn  # noqa: E402
-
-from bcrn_fast.model import make_upsampler  # noqa: E402
-from bcrn_fast.ops import _common  # noqa: E402
-from bcrn_fast.ops.bsconv import (  # noqa: E402
+from bcrn_fast.model import (
+    BSConvU,  # the class the reference model is built from
+    make_upsampler,
+)
+from bcrn_fast.ops import _common
+from bcrn_fast.ops.bsconv import (
     BSConvPack,
     bsconv,
     bsconv_packed,
@@ -30,8 +28,8 @@ from bcrn_fast.ops.bsconv import (  # noqa: E402
     pack_bsconv,
     pack_upsampler,
 )
-from bcrn_fast.validation import InputError  # noqa: E402
-from tests.utils import assert_close_to_ref, guarded, rel_error  # noqa: E402
+from bcrn_fast.validation import InputError
+from tests.utils import assert_close_to_ref, guarded, rel_error
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 INTERPRETED = DEVICE == "cpu"
@@ -178,6 +176,22 @@ def test_constant_input_is_finite(backend, value):
     assert torch.isfinite(y).all()
     ref = F.gelu(m.double()(x.double()))
     assert_close_to_ref(y, ref, torch.float16, name="constant input")
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_relu_propagates_nan(backend):
+    """act=1 keeps NaN like torch.relu (a GPU max.f32 would turn it into 0), for the ESA relu BSConvs."""
+    m = _make_module(16, 16, 3, 1, 1, 0)
+    pack = pack_bsconv(m)
+    x = torch.randn(1, 16, 9, 11, device=DEVICE)
+    x[0, 3, 4, 5] = float("nan")  # spreads to the 3x3 neighbourhood of (4, 5), every channel
+    y = bsconv_packed(x, pack, act=1, backend=backend)
+    with torch.no_grad():
+        ref = torch.relu(copy.deepcopy(m).double()(x.double()))
+    assert torch.isnan(ref[0, :, 3:6, 4:7]).all() and int(torch.isnan(ref).sum()) == 16 * 9
+    assert torch.equal(torch.isnan(y), torch.isnan(ref)), "relu must propagate NaN exactly where torch.relu does"
+    finite = ~torch.isnan(ref)
+    assert_close_to_ref(y[finite], ref[finite], torch.float32, name="relu bsconv, finite part")
 
 
 # --------------------------------------------------------------------------- validation

@@ -5,10 +5,6 @@ bcrn_fast is imported). Inputs live in NaN guard bands; errors are measured
 against float64 and bounded by a multiple of PyTorch's own same-dtype error.
 """
 
-import os
-
-os.environ.setdefault("TRITON_INTERPRET", "1")
-
 import copy
 
 import pytest

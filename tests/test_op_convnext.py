@@ -5,28 +5,24 @@ in float64. Inputs are NaN guard-banded views; Triton outputs are written into
 NaN-poisoned, guard-banded buffers.
 """
 
-import os
+import copy
+import shutil
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
+import pytest
+import torch
+from torch import nn
 
-import copy  # noqa: E402
-import shutil  # noqa: E402
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-
-from bcrn_fast.model import ESA, ConvNeXtBlock  # noqa: E402
-from bcrn_fast.ops import _common  # noqa: E402
-from bcrn_fast.ops.convnext import (  # noqa: E402
+from bcrn_fast.model import ESA, ConvNeXtBlock
+from bcrn_fast.ops import _common
+from bcrn_fast.ops.convnext import (
     convnext,
     convnext_packed,
     convnext_triton,
     pack_convnext,
     pack_esa_pre,
 )
-from bcrn_fast.validation import InputError  # noqa: E402
-from tests.utils import assert_close_to_ref, guarded, rel_error  # noqa: E402
+from bcrn_fast.validation import InputError
+from tests.utils import assert_close_to_ref, guarded, rel_error
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 INTERPRETED = DEVICE == "cpu"

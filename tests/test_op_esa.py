@@ -1,14 +1,10 @@
 """esa_pool and esa_apply (+ fused CCA) vs the reference ESA / CCALayer (float64), both backends.
 
-Triton runs through the interpreter on CPU (TRITON_INTERPRET=1, set before
-bcrn_fast is imported). Inputs live in NaN guard bands, the ``out`` buffer is
-NaN-poisoned inside and outside the written channel slice, and errors are
+Triton runs through the interpreter on CPU (TRITON_INTERPRET=1, which
+tests/conftest.py sets without a GPU). Inputs live in NaN guard bands, the
+``out`` buffer is NaN-poisoned inside and outside the written channel slice, and errors are
 bounded by a multiple of PyTorch's own same-dtype error.
 """
-
-import os
-
-os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import copy
 import functools

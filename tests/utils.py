@@ -15,6 +15,10 @@ import torch
 
 QUICK = os.environ.get("BCRN_QUICK", "0") not in ("", "0")
 
+# Reason of every CPU-only case (the CUDA emulator, the Triton interpreter on CPU tensors) on a CUDA machine:
+# there the same tests run the compiled kernels on the GPU, and tests/conftest.py has removed TRITON_INTERPRET.
+CPU_ONLY_ON_GPU = "CPU-only case (emulator / Triton interpreter): skipped on a CUDA machine, the GPU cases run instead"
+
 # Relative Frobenius error allowed vs the float64 reference (precision contract).
 REL_TOL = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 1e-2}
 

@@ -2,7 +2,7 @@
 
 - :mod:`~bcrn_fast.benchmarking.costs`: the stated FLOP and byte model, GPU peaks, roofline floor;
 - :mod:`~bcrn_fast.benchmarking.variants`: eager, channels-last, torch.compile modes, CUDA graphs, fused backends;
-- :mod:`~bcrn_fast.benchmarking.harness`: build -> verify against fp32 eager -> time (FAILED rows are never timed);
+- :mod:`~bcrn_fast.benchmarking.harness`: build -> verify against fp32 eager -> time (WRONG rows are never timed);
 - :mod:`~bcrn_fast.benchmarking.report`: JSON schema, markdown table, speedups, % of roofline floor;
 - :mod:`~bcrn_fast.benchmarking.cli`: ``add_arguments``/``run`` for ``bcrn-fast bench``
   (also ``python -m bcrn_fast.benchmarking``).

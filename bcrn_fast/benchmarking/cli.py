@@ -1,7 +1,7 @@
 """``bcrn-fast bench``: compare the reference, torch.compile and the fused backends.
 
 ``add_arguments(parser)`` adds the options, ``run(args)`` runs the grid and
-prints the markdown table (returns 0, or 1 if a variant FAILED verification
+prints the markdown table (returns 0, or 1 if a variant was WRONG (failed verification)
 or raised, 2 for bad arguments). ``python -m bcrn_fast.benchmarking`` is the
 same command on its own.
 
@@ -142,6 +142,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--max-row-s", type=float, default=None, help="seconds of timing per row, at most")
     t.add_argument("--no-profile", action="store_true", help="do not count kernels with torch.profiler")
     t.add_argument(
+        "--isolate",
+        action="store_true",
+        help="run every row in its own process under a timeout (baselines first); a crash or hang is that row's "
+        "CRASHED/TIMEOUT status, not the end of the run (what the GPU check uses)",
+    )
+    t.add_argument(
+        "--row-timeout-s",
+        type=float,
+        default=None,
+        help="with --isolate: at most this many seconds per row's process (default: from the variant's build cost)",
+    )
+    t.add_argument(
         "--threads",
         type=int,
         default=None,
@@ -220,11 +232,12 @@ def _config(args: argparse.Namespace, device: torch.device, variants: list[str],
         "timing_desc": timing_desc + "; median and p20/p80 of the samples",
         "budget_s": options.budget_s,
         "n_buffers": options.n_buffers,
+        "isolated": bool(getattr(args, "isolate", False)),
     }
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the benchmark grid of ``args``, print the table; 0 ok, 1 a variant FAILED/ERROR, 2 bad args."""
+    """Run the benchmark grid of ``args``, print the table; 0 ok, 1 a variant WRONG/CRASHED/TIMEOUT, 2 bad args."""
     if args.from_json:
         try:
             report = load_report(args.from_json)
@@ -286,7 +299,12 @@ def run(args: argparse.Namespace) -> int:
         if args.out:
             write_report(make_report(done, env, config, complete=False), args.out, stem)
 
-    rows = Bench(options).run(cases, variants, on_row=on_row)
+    if getattr(args, "isolate", False):
+        from bcrn_fast.benchmarking.isolated import run_isolated
+
+        rows = run_isolated(cases, variants, options, on_row=on_row, row_timeout_s=getattr(args, "row_timeout_s", None))
+    else:
+        rows = Bench(options).run(cases, variants, on_row=on_row)
     report = make_report(rows, env, config, complete=True)
     if args.out:
         json_path, md_path = write_report(report, args.out, stem)
@@ -297,7 +315,7 @@ def run(args: argparse.Namespace) -> int:
     print(markdown(report))
     for line in summary_lines(report):
         print(line, file=sys.stderr)
-    bad = [r for r in rows if r.status in ("FAILED", "ERROR")]
+    bad = [r for r in rows if r.status in ("WRONG", "CRASHED", "TIMEOUT")]
     return 1 if bad else 0
 
 

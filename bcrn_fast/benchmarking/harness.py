@@ -9,8 +9,8 @@ For every row (target, scale, LR size, batch, dtype, variant):
    graph capture all happen there);
 3. **verify**: the first call's output and the output after warm-up are
    compared with the fp32 eager reference (TF32 off) by relative Frobenius
-   error; above the dtype's tolerance the row is FAILED and never timed, and
-   an exception anywhere makes it ERROR;
+   error; above the dtype's tolerance the row is WRONG and never timed, and
+   an exception anywhere makes it CRASHED;
 4. time it (:mod:`bcrn_fast.benchmarking.timing`), rotating input buffers;
    measure peak memory over the warm-up calls;
 5. (CUDA) after every row is timed, rebuild the OK variants and count the
@@ -54,7 +54,8 @@ __all__ = [
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # ||y - ref|| / ||ref|| allowed vs the fp32 eager reference, per storage dtype.
 TOLERANCE = {"fp32": 1e-4, "fp16": 5e-3, "bf16": 2e-2}
-STATUSES = ("OK", "FAILED", "ERROR", "SKIPPED")
+# WRONG: over tolerance (never timed); CRASHED: raised, or its process died; TIMEOUT: its process ran out of time
+STATUSES = ("OK", "WRONG", "CRASHED", "TIMEOUT", "SKIPPED")
 _LAUNCH_APIS = (
     "cudaLaunchKernel",
     "cudaLaunchKernelExC",
@@ -263,7 +264,8 @@ class Bench:
         self._base_inputs: dict[tuple[str, int, int, int], list[torch.Tensor]] = {}
         self._inputs: dict[tuple[tuple[str, int, int, int], str], list[torch.Tensor]] = {}
         self._ref_out: dict[tuple[str, int | None, int, int, int], torch.Tensor] = {}
-        self.timer_calls = 0  # how many rows reached the timer (tests check FAILED rows never do)
+        self.release_error: str | None = None  # set when freeing memory after a row raised (CUDA fault)
+        self.timer_calls = 0  # how many rows reached the timer (tests check WRONG rows never do)
 
     # ------------------------------------------------------------------ shared state
     def reference(self, case: Case) -> tuple[torch.nn.Module, str]:
@@ -321,8 +323,8 @@ class Bench:
     def prepare(self, case: Case, variant: str, row: Row | None = None) -> tuple[Prepared, Row]:
         """Build ``variant`` for ``case``, verify it, warm it up; fill ``row`` (status OK) and return it.
 
-        Raises :class:`VerificationError` (row FAILED) or any build/run error
-        (row ERROR); the row's fields are filled as far as they got.
+        Raises :class:`VerificationError` (row WRONG) or any build/run error
+        (row CRASHED); the row's fields are filled as far as they got.
         """
         row = row or Row.for_case(case, variant)
         opts, device = self.options, self.device
@@ -433,9 +435,9 @@ class Bench:
                 prepared, row = self.prepare(case, variant, row)
                 self.time_prepared(case, prepared, row)
         except VerificationError as exc:
-            row.status, row.reason = "FAILED", str(exc)
+            row.status, row.reason = "WRONG", str(exc)
         except Exception as exc:
-            row.status, row.reason = "ERROR", f"{type(exc).__name__}: {_one_line(exc)}"
+            row.status, row.reason = "CRASHED", f"{type(exc).__name__}: {_one_line(exc)}"
         finally:
             del prepared
             self._release()
@@ -445,9 +447,14 @@ class Bench:
         return row
 
     def _release(self) -> None:
+        """Free the row's memory. Never raises: after a sticky CUDA fault (illegal address) ``empty_cache``
+        itself raises, and that must not hide the row that faulted (its status is already set)."""
         gc.collect()
         if self.device.type == "cuda":
-            torch.cuda.empty_cache()
+            try:
+                torch.cuda.empty_cache()
+            except Exception as exc:  # the context is gone; later rows in this process will report it
+                self.release_error = f"{type(exc).__name__}: {_one_line(exc)}"
 
     def run(
         self, cases: Sequence[Case], variants: Sequence[str], on_row: Callable[[Row, list[Row]], None] | None = None

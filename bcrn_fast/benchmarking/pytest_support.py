@@ -116,7 +116,7 @@ def run_benchmark(benchmark: Any, harness: Bench, case: Case, variant: str) -> N
         try:
             prepared, row = harness.prepare(case, variant)
         except VerificationError as exc:
-            pytest.fail(f"{case.label()} {variant}: FAILED verification, not timed: {exc}", pytrace=False)
+            pytest.fail(f"{case.label()} {variant}: WRONG (failed verification), not timed: {exc}", pytrace=False)
         xs = harness.inputs(case)
         cycle = itertools.cycle(xs)
         fn = prepared.fn

@@ -19,6 +19,7 @@ the module they are made from, and ``.to(dtype)`` would convert both).
 | ``fused_triton`` | ``bcrn_fast.fused`` module, ``backend="triton"`` |
 | ``fused_cuda`` | ``bcrn_fast.fused`` module, ``backend="cuda"`` (CUDA extension), when built |
 | ``fused_triton_graph`` | ``fused_triton`` captured once in a ``torch.cuda.CUDAGraph`` (static input) |
+| ``onnxruntime`` | ONNX export run by onnxruntime (``bcrn_fast.export.build_ort_session``; CPU rows) |
 """
 
 from __future__ import annotations
@@ -39,11 +40,13 @@ __all__ = [
     "ALL_VARIANTS",
     "COMPILE_VARIANTS",
     "DEFAULT_VARIANTS",
+    "ISOLATED_ORDER",
     "QUICK_VARIANTS",
     "VARIANTS",
     "BuildContext",
     "Prepared",
     "Variant",
+    "fused_backend_unavailable",
     "fused_backends",
     "resolve_variants",
 ]
@@ -97,6 +100,8 @@ class Variant:
             return _compile_unavailable(device)
         if self.fused_backend is not None:
             return _fused_unavailable(target, self.fused_backend, device)
+        if self.name == "onnxruntime":
+            return _onnxruntime_unavailable(target, device)
         return None
 
 
@@ -118,52 +123,57 @@ def _fused_module() -> Any:
     return importlib.import_module("bcrn_fast.fused")
 
 
-def fused_backends(device: torch.device) -> tuple[list[str] | None, str | None]:
-    """``(backends, why_not)``: the fused backends usable on ``device``, or the import error.
+def fused_backend_unavailable(backend: str, device: torch.device) -> str | None:
+    """Why the fused ``backend`` cannot run on ``device`` (None when it can).
 
-    Uses ``bcrn_fast.fused.available_backends(device)`` when the package has
-    it; otherwise infers from ``bcrn_fast.ops._common`` (torch always, triton
-    on CUDA, cuda only if the package lists it).
+    The one real check: :func:`bcrn_fast.ops._common.resolve_backend`, the
+    function every fused module calls, whose ``BackendUnavailable`` message
+    says why (e.g. the CUDA extension's import error).
     """
     try:
-        fused = _fused_module()
+        _fused_module()
+        from bcrn_fast.ops import _common
     except Exception as exc:  # ImportError, or an op module that fails at import
-        return None, f"bcrn_fast.fused is not importable: {type(exc).__name__}: {exc}"
-    probe = getattr(fused, "available_backends", None)
-    if probe is not None:
-        try:
-            return [str(b) for b in probe(device)], None
-        except Exception as exc:
-            return None, f"bcrn_fast.fused.available_backends({device}) failed: {type(exc).__name__}: {exc}"
+        return f"bcrn_fast.fused is not importable: {type(exc).__name__}: {exc}"
+    if backend == "triton" and device.type != "cuda":
+        return "Triton kernels need a CUDA device (the interpreter is for tests, not timing)"
     try:
-        from bcrn_fast.ops._common import BACKENDS
-    except ImportError:
-        BACKENDS = ("auto", "triton", "torch")  # noqa: N806
-    out = ["torch"]
-    if device.type == "cuda" and "triton" in BACKENDS:
-        try:
-            import triton  # noqa: F401
+        _common.resolve_backend(backend, device)
+    except (_common.BackendUnavailable, ValueError) as exc:
+        return str(exc)
+    return None
 
-            out.append("triton")
-        except ImportError:
-            pass
-    if device.type == "cuda" and "cuda" in BACKENDS:
-        out.append("cuda")
-    return out, None
+
+def fused_backends(device: torch.device) -> tuple[list[str] | None, str | None]:
+    """``(backends, why_not)``: the fused backends usable on ``device`` (by :func:`fused_backend_unavailable`),
+    or ``(None, import error)`` when ``bcrn_fast.fused`` cannot be imported."""
+    try:
+        _fused_module()
+    except Exception as exc:
+        return None, f"bcrn_fast.fused is not importable: {type(exc).__name__}: {exc}"
+    return [b for b in ("torch", "triton", "cuda") if fused_backend_unavailable(b, device) is None], None
 
 
 def _fused_unavailable(target: Target, backend: str, device: torch.device) -> str | None:
-    backends, why = fused_backends(device)
-    if backends is None:
+    why = fused_backend_unavailable(backend, device)
+    if why is not None:
         return why
     if not hasattr(_fused_module(), target.fused_class):
         return f"bcrn_fast.fused has no {target.fused_class}"
-    if backend not in backends:
-        if backend == "triton" and device.type != "cuda":
-            return "Triton kernels need a CUDA device (the interpreter is for tests, not timing)"
-        if backend == "cuda":
-            return f"no 'cuda' backend on {device.type} (CUDA extension not built or not present; have {backends})"
-        return f"backend {backend!r} not available on {device.type} (have {backends})"
+    return None
+
+
+def _onnxruntime_unavailable(target: Target, device: torch.device) -> str | None:
+    if target.name != "model":
+        return "onnxruntime rows are for the whole model only"
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError as exc:
+        return f"onnxruntime is not installed ({exc})"
+    try:
+        from bcrn_fast.export import build_ort_session  # noqa: F401
+    except ImportError as exc:
+        return f"bcrn_fast.export.build_ort_session is not available ({exc})"
     return None
 
 
@@ -208,6 +218,15 @@ def _fused(backend: str) -> Callable:
         return Prepared(module.eval(), keep=[module])
 
     return build
+
+
+def _onnxruntime(ctx: BuildContext) -> Prepared:
+    """The model exported to ONNX and run by onnxruntime (the session's own provider choice)."""
+    from bcrn_fast.export import build_ort_session
+
+    module = ctx.fresh_reference()
+    run = build_ort_session(module, ctx.sample, providers=None)
+    return Prepared(run, keep=[module])
 
 
 def _fused_graph(backend: str) -> Callable:
@@ -281,6 +300,14 @@ VARIANTS: dict[str, Variant] = {
             est_build_s=10,
             torch_compile=True,
         ),
+        _V(
+            "onnxruntime",
+            "ONNX export run by onnxruntime (bcrn_fast.export.build_ort_session)",
+            _onnxruntime,
+            devices=("cpu",),
+            tier=1,
+            est_build_s=15,
+        ),
         _V("fused_torch", "BCRNFused backend=torch", _fused("torch"), est_build_s=2, fused_backend="torch"),
         _V(
             "fused_triton",
@@ -309,10 +336,25 @@ VARIANTS: dict[str, Variant] = {
     )
 }
 ALL_VARIANTS = tuple(VARIANTS)
+# Order of rows when each row runs in its own process (--isolate): the baselines first, so a fused row that
+# faults cannot cost them; then the fused rows; the slow compile modes last (a time budget cuts those).
+ISOLATED_ORDER = (
+    "eager",
+    "eager_cl",
+    "inductor",
+    "onnxruntime",
+    "fused_triton",
+    "fused_triton_graph",
+    "fused_cuda",
+    "fused_torch",
+    "cudagraphs",
+    "inductor_reduce_overhead",
+    "inductor_max_autotune",
+)
 COMPILE_VARIANTS = tuple(n for n, v in VARIANTS.items() if v.torch_compile)
 DEFAULT_VARIANTS = {
-    "cpu": ("eager", "eager_cl", "inductor", "fused_torch"),
-    "cuda": tuple(n for n in ALL_VARIANTS if n != "fused_torch"),
+    "cpu": ("eager", "eager_cl", "inductor", "onnxruntime", "fused_torch"),
+    "cuda": tuple(n for n in ALL_VARIANTS if n not in ("fused_torch", "onnxruntime")),
 }
 QUICK_VARIANTS = {
     "cpu": ("eager", "eager_cl", "fused_torch"),

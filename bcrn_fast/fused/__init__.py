@@ -1,7 +1,6 @@
 """Fused drop-in modules and the whole fused network."""
 
-from bsconv.pytorch import BSConvU
-
+from bcrn_fast.bsconv import BSConvU
 from bcrn_fast.fused.base import FusedMixin
 from bcrn_fast.fused.model import BCRNFused, fuse_
 from bcrn_fast.fused.modules import FusedBCB, FusedBSConv, FusedCCA, FusedConvNeXtBlock, FusedESA

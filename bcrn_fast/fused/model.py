@@ -32,8 +32,15 @@ class BCRNFused(FusedMixin, BCRN):
     one launch and the upsampler with its pixel shuffle in one launch.
     """
 
-    def __init__(self, scale: int = 4, num_features: int = 64, num_blocks: int = 6, *, backend: str = "auto",
-                 precision: str = "ieee") -> None:
+    def __init__(
+        self,
+        scale: int = 4,
+        num_features: int = 64,
+        num_blocks: int = 6,
+        *,
+        backend: str = "auto",
+        precision: str = "ieee",
+    ) -> None:
         super().__init__(scale, num_features, num_blocks)
         self._init_fused(backend, precision)
         self._adopt_children()
@@ -73,8 +80,7 @@ class BCRNFused(FusedMixin, BCRN):
             inp, in_scale = feats[:, k * c : (k + 1) * c], s
             scales.append(s)
         g = self.conv2.run(feats, in_scale=torch.cat(scales, dim=1), residual=f0, act=ACT_GELU)
-        return bsconv_op.bsconv_packed(g, self._packed(x.dtype), precision=self.precision,
-                                       backend=self._backend_for(x))
+        return bsconv_op.bsconv_packed(g, self._packed(x.dtype), precision=self.precision, backend=self._backend_for(x))
 
 
 def fuse_(model: nn.Module, backend: str = "auto", precision: str = "ieee") -> nn.Module:

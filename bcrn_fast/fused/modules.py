@@ -15,8 +15,8 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import torch
-from bsconv.pytorch import BSConvU
 
+from bcrn_fast.bsconv import BSConvU
 from bcrn_fast.fused.base import FusedMixin
 from bcrn_fast.model import ESA, MIN_SIZE, BluePrintShortcutBlock, CCALayer, ConvNeXtBlock
 from bcrn_fast.ops import bsconv as bsconv_op
@@ -45,11 +45,25 @@ class FusedBSConv(FusedMixin, BSConvU):
     kernel sizes 1 and 3, any stride and zero padding, dilation 1, no BN.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0,
-                 dilation: int = 1, bias: bool = True, padding_mode: str = "zeros", with_bn: bool = False,
-                 bn_kwargs: dict | None = None, *, backend: str = "auto", precision: str = "ieee") -> None:
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, bias, padding_mode,
-                         with_bn, bn_kwargs)
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        padding: int = 0,
+        dilation: int = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        with_bn: bool = False,
+        bn_kwargs: dict | None = None,
+        *,
+        backend: str = "auto",
+        precision: str = "ieee",
+    ) -> None:
+        super().__init__(
+            in_channels, out_channels, kernel_size, stride, padding, dilation, bias, padding_mode, with_bn, bn_kwargs
+        )
         self._init_fused(backend, precision)
         self._adopt_children()
 
@@ -66,8 +80,10 @@ class FusedBSConv(FusedMixin, BSConvU):
         if k[0] != k[1] or k[0] not in (1, 3) or dw.stride[0] != dw.stride[1] or dw.padding[0] != dw.padding[1]:
             problems.append(f"kernel {k}, stride {dw.stride}, padding {dw.padding} (need square k in (1, 3))")
         if problems:
-            raise ValueError("FusedBSConv supports BSConvU with square kernel 1 or 3, zero padding, dilation 1 and "
-                             "no batch norm; got " + ", ".join(problems))
+            raise ValueError(
+                "FusedBSConv supports BSConvU with square kernel 1 or 3, zero padding, dilation 1 and "
+                "no batch norm; got " + ", ".join(problems)
+            )
 
     @property
     def min_size(self) -> int:
@@ -82,18 +98,31 @@ class FusedBSConv(FusedMixin, BSConvU):
             return BSConvU.forward(self, x)
         return self.run(x)
 
-    def run(self, x: torch.Tensor, in_scale: torch.Tensor | None = None, residual: torch.Tensor | None = None,
-            act: int = ACT_NONE) -> torch.Tensor:
+    def run(
+        self,
+        x: torch.Tensor,
+        in_scale: torch.Tensor | None = None,
+        residual: torch.Tensor | None = None,
+        act: int = ACT_NONE,
+    ) -> torch.Tensor:
         """The fused op without input checks (for the fused containers)."""
-        return bsconv_op.bsconv_packed(x, self._packed(x.dtype), in_scale=in_scale, residual=residual, act=act,
-                                       precision=self.precision, backend=self._backend_for(x))
+        return bsconv_op.bsconv_packed(
+            x,
+            self._packed(x.dtype),
+            in_scale=in_scale,
+            residual=residual,
+            act=act,
+            precision=self.precision,
+            backend=self._backend_for(x),
+        )
 
 
 class FusedConvNeXtBlock(FusedMixin, ConvNeXtBlock):
     """``x + W2·GELU(W1·dw3x3(x) + b1) + b2`` in one launch, hidden tile kept on chip."""
 
-    def __init__(self, channels: int = 64, expansion: int = 4, *, backend: str = "auto",
-                 precision: str = "ieee") -> None:
+    def __init__(
+        self, channels: int = 64, expansion: int = 4, *, backend: str = "auto", precision: str = "ieee"
+    ) -> None:
         super().__init__(channels, expansion)
         self._init_fused(backend, precision)
 
@@ -108,15 +137,17 @@ class FusedConvNeXtBlock(FusedMixin, ConvNeXtBlock):
         return y
 
     def run(self, x: torch.Tensor, esa_pre: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
-        return convnext_op.convnext_packed(x, self._packed(x.dtype), esa=esa_pre, precision=self.precision,
-                                           backend=self._backend_for(x))
+        return convnext_op.convnext_packed(
+            x, self._packed(x.dtype), esa=esa_pre, precision=self.precision, backend=self._backend_for(x)
+        )
 
 
 class FusedCCA(FusedMixin, CCALayer):
     """Contrast-aware channel attention: one launch for mean/std + MLP + sigmoid, one for the scale."""
 
-    def __init__(self, channels: int = 64, reduction: int = 16, *, backend: str = "auto",
-                 precision: str = "ieee") -> None:
+    def __init__(
+        self, channels: int = 64, reduction: int = 16, *, backend: str = "auto", precision: str = "ieee"
+    ) -> None:
         super().__init__(channels, reduction)
         self._init_fused(backend, precision)
 
@@ -168,8 +199,7 @@ class FusedESA(FusedMixin, ESA):
         self.run(x, a, out, 0)
         return out
 
-    def run(self, t: torch.Tensor, a: torch.Tensor, out: torch.Tensor, offset: int,
-            cca: Any = None) -> torch.Tensor:
+    def run(self, t: torch.Tensor, a: torch.Tensor, out: torch.Tensor, offset: int, cca: Any = None) -> torch.Tensor:
         """ESA from the pre-map ``a``; writes ``t ⊙ m`` into ``out[:, offset:offset+C]``.
 
         Returns the CCA scale ``s [N, C]`` when ``cca`` (packed CCA weights) is given.
@@ -221,8 +251,14 @@ class FusedBCB(FusedMixin, BluePrintShortcutBlock):
         if self._backend_for(x) == "cuda":  # BSConv -> ConvNeXt in one CUDA kernel (2-pixel halo in smem)
             from bcrn_fast.ops import cuda_ext
 
-            t2, a = cuda_ext.bcb_front_packed(x, self.conv._packed(x.dtype), self.convNextBlock._packed(x.dtype),
-                                              esa_pre, in_scale, precision=self.precision)
+            t2, a = cuda_ext.bcb_front_packed(
+                x,
+                self.conv._packed(x.dtype),
+                self.convNextBlock._packed(x.dtype),
+                esa_pre,
+                in_scale,
+                precision=self.precision,
+            )
         else:
             t1 = self.conv.run(x, in_scale=in_scale)
             t2, a = self.convNextBlock.run(t1, esa_pre=esa_pre)

@@ -101,8 +101,7 @@ def check_kernel_dtype(x: torch.Tensor, name: str = "input") -> None:
         raise TypeError(f"{name}: fused kernels take float32, float16 or bfloat16, got {x.dtype}")
 
 
-def check_tensor(t: torch.Tensor, name: str, shape: tuple[int, ...], dtype: torch.dtype,
-                 device: torch.device) -> None:
+def check_tensor(t: torch.Tensor, name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> None:
     """Check an op argument's type, exact shape, dtype and device (metadata only)."""
     from bcrn_fast.validation import InputError
 
@@ -122,6 +121,37 @@ def check_tensor(t: torch.Tensor, name: str, shape: tuple[int, ...], dtype: torc
 def empty_nhwc(n: int, c: int, h: int, w: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """An ``[N, C, H, W]`` tensor stored channels-last (NHWC), the internal layout."""
     return torch.empty((n, c, h, w), dtype=dtype, device=device, memory_format=torch.channels_last)
+
+
+# Offsets at or above this need 64-bit index math in the kernels (Triton computes i32 by default).
+INDEX_LIMIT = 2**31
+
+# Tests set this to force the 64-bit index path on small inputs (bcrn_fast.ops.* launchers read it).
+FORCE_WIDE_INDEX = False
+
+
+def max_element_offset(t: torch.Tensor) -> int:
+    """Largest element offset a kernel can form in ``t``: Σ (size − 1)·|stride| (0 for an empty tensor).
+
+    Shapes and strides only, so meta tensors and ``torch.empty_strided`` views
+    of huge sizes can be checked without allocating them.
+    """
+    if t.numel() == 0:
+        return 0
+    return sum((size - 1) * abs(stride) for size, stride in zip(t.shape, t.stride(), strict=True))
+
+
+def needs_wide_index(*tensors: torch.Tensor | None) -> bool:
+    """Whether a kernel touching ``tensors`` must compute its offsets in int64.
+
+    True when any tensor's largest element offset reaches 2^31 (an i32 offset
+    would wrap: an illegal address or silent corruption), or when the tests
+    force the wide path through ``FORCE_WIDE_INDEX``. ``None`` entries (absent
+    optional operands) are ignored.
+    """
+    if FORCE_WIDE_INDEX:
+        return True
+    return any(t is not None and max_element_offset(t) >= INDEX_LIMIT for t in tensors)
 
 
 def next_pow2(n: int, minimum: int = 16) -> int:

@@ -99,7 +99,7 @@ def _pack_pw_dw(pw: nn.Conv2d, dw: nn.Conv2d, dtype: torch.dtype, shuffle: int =
 
 
 def pack_bsconv(module: nn.Module | tuple[nn.Conv2d, nn.Conv2d], dtype: torch.dtype = torch.float32) -> BSConvPack:
-    """Pack a ``bsconv.pytorch.BSConvU`` (or a ``(pw, dw)`` Conv2d pair) for storage ``dtype``."""
+    """Pack a ``BSConvU`` (``bcrn_fast.bsconv``) or a ``(pw, dw)`` Conv2d pair for storage ``dtype``."""
     if isinstance(module, tuple):
         pw, dw = module
     elif hasattr(module, "pw") and hasattr(module, "dw"):
@@ -217,8 +217,12 @@ def _launch_config(hw: int, cout_pad: int, block_k: int, dtype: torch.dtype, pre
       shape clean for every dtype and arch ([16, 16] spills 8 B on 2 or 4 warps);
     - fp32 IEEE (FMA dots, no tensor cores): BLOCK_P <= 16 at 64 channels, one stage;
     - fp32 tf32: BLOCK_P <= 32 (64 spills on sm_80 even with 8 warps), and 2
-      warps when Cout <= 32 (the x3 upsampler spills 8 B on 4 warps on sm_90);
-    - half: 8 warps once the tile reaches [128, 64] (4 warps spill).
+      warps when 16 < Cout <= 32 (the x3 upsampler spills 8 B on 4 warps on sm_90);
+      Cout <= 16 (the x2 upsampler) keeps 4 warps: 2 spill on sm_80 (Triton 3.6)
+      and sm_86/sm_89 (Triton 3.9);
+    - half: 8 warps once the tile reaches [128, 64] (4 warps spill); the x3
+      upsampler (Cout 27 -> 32) caps BLOCK_P at 64 on 4 warps: [128, 32] on 8
+      warps spills 8 B on sm_86/sm_89 under Triton 3.6.
     """
     wide = max(cout_pad, block_k)
     fma = dtype == torch.float32 and precision == "ieee"
@@ -230,8 +234,10 @@ def _launch_config(hw: int, cout_pad: int, block_k: int, dtype: torch.dtype, pre
         block_p = min(block_p, 16)
     elif dtype == torch.float32:
         block_p = min(block_p, 32)
-        if cout_pad <= 32:
+        if 16 < cout_pad <= 32:
             num_warps = 2
+    elif cout_pad == 32:
+        block_p = min(block_p, 64)
     elif block_p * wide >= 128 * 64:
         num_warps = 8
     return block_p, num_warps, num_stages
@@ -334,6 +340,7 @@ def bsconv_triton(
         HAS_SCALE=in_scale is not None, HAS_RES=residual is not None,
         BLOCK_P=block_p, BLOCK_K=block_k, COUT_PAD=cout_pad, PRECISION=dot_precision,
         DOT_IN_FP32=_common.interpreter_enabled() and x.dtype == torch.bfloat16,
+        WIDE_INDEX=_common.needs_wide_index(x, residual, out),
         num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
     return out

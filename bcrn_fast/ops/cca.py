@@ -24,7 +24,10 @@ from bcrn_fast.validation import InputError
 
 CHANNELS = 64  # C: the main feature width
 SQUEEZE = 4  # R: CCA reduction 16
-MERGE_BLOCK = 32  # partials merged in parallel per step of the finaliser
+MERGE_BLOCK = 32  # partials merged in parallel per step of the merge tree
+# Largest H·W per image: pixel indices and counts are int32 in the kernels, with
+# headroom for the last merge step's masked indices (j·UNIT, j < NG + BLOCK_T).
+MAX_PIXELS = 2**31 - 2**26
 
 
 class CCAWeights(NamedTuple):
@@ -106,6 +109,7 @@ def check_backend(backend: str, device: torch.device) -> str:
 
 def _check_cca_scale(x, w1, b1, w2, b2) -> None:
     check_map(x, CHANNELS, "cca_scale input")
+    check_pixels(x.shape[2] * x.shape[3], "cca_scale input")
     check_cca_weights(w1, b1, w2, b2, x.device)
 
 
@@ -158,10 +162,43 @@ def launch_settings(hw: int, channels: int, fma_dots: bool = False) -> tuple[int
     return bp, warps
 
 
-def cca_workspace(n: int, tiles: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    """Per-call partials ``[N, T, 2, C]`` fp32 and zeroed per-image counters ``[N]`` int32."""
-    ws = torch.empty((n, tiles, 2, CHANNELS), dtype=torch.float32, device=device)
-    cnt = torch.zeros((n,), dtype=torch.int32, device=device)
+def merge_group(tiles: int, block_t: int = MERGE_BLOCK) -> int:
+    """Tiles per group ``G`` of the two-level CCA merge: a multiple of ``block_t`` that minimises the
+    dependent merge steps ``cdiv(G, block_t) + cdiv(cdiv(tiles, G), block_t)`` (smallest such G).
+
+    960x540 at BLOCK_P 128: T = 4050 -> G = 64, NG = 64: 2 + 2 = 4 steps (one level: 127).
+    """
+    best, best_steps = block_t, None
+    for k in range(1, _cdiv(tiles, block_t) + 1):
+        g = k * block_t
+        steps = k + _cdiv(_cdiv(tiles, g), block_t)
+        if best_steps is None or steps < best_steps:
+            best, best_steps = g, steps
+        if k > best_steps:  # the group merge alone already takes longer
+            break
+    return best
+
+
+def merge_steps(tiles: int, group: int, block_t: int = MERGE_BLOCK) -> int:
+    """Dependent merge steps of the two-level tree: the group merge, then the merge of the group partials."""
+    return _cdiv(min(group, tiles), block_t) + _cdiv(_cdiv(tiles, group), block_t)
+
+
+def check_pixels(hw: int, name: str) -> None:
+    """The kernels' int32 pixel indices and counts: ``H·W <= MAX_PIXELS`` per image."""
+    if hw > MAX_PIXELS:
+        raise InputError(f"{name}: {hw} pixels per image, expected at most {MAX_PIXELS} (int32 pixel counts)")
+
+
+def cca_workspace(n: int, tiles: int, device: torch.device, group: int | None = None) -> tuple[Tensor, Tensor]:
+    """Workspace of the CCA merge tree with ``group`` tiles per group (default :func:`merge_group`).
+
+    fp32 partials: ``[N, T, 2, C]`` per tile, then ``[N, NG, 2, C]`` per group, flat;
+    zeroed int32 counters: ``[N]`` per image, then ``[N, NG]`` per group (``NG = cdiv(T, group)``).
+    """
+    groups = _cdiv(tiles, group or merge_group(tiles))
+    ws = torch.empty((n * (tiles + groups) * 2 * CHANNELS,), dtype=torch.float32, device=device)
+    cnt = torch.zeros((n * (1 + groups),), dtype=torch.int32, device=device)
     return ws, cnt
 
 
@@ -173,24 +210,27 @@ def cca_scale_triton(
     b2: Tensor,
     block_p: int | None = None,
     block_t: int | None = None,
+    group: int | None = None,
 ) -> Tensor:
-    """Launch ``cca_scale_kernel``; ``block_p``/``block_t`` override the tiling (tests)."""
+    """Launch ``cca_scale_kernel``; ``block_p``/``block_t``/``group`` override the tiling and tree (tests)."""
     from bcrn_fast.kernels.cca import cca_scale_kernel
 
     n, c, h, w = x.shape
     hw = h * w
+    check_pixels(hw, "cca_scale input")
     bp, warps = launch_settings(hw, c)
     bp = block_p or bp
     bt = block_t or MERGE_BLOCK
     tiles = _cdiv(hw, bp)
+    g = group or merge_group(tiles, bt)
     s = torch.empty((n, c), dtype=torch.float32, device=x.device)
-    ws, cnt = cca_workspace(n, tiles, x.device)
+    ws, cnt = cca_workspace(n, tiles, x.device, g)
     with _device_guard(x):
         cca_scale_kernel[(tiles, n)](
             x, w1, b1, w2, b2, s, ws, cnt,
-            w, hw, tiles,
+            w, hw, tiles, g, n,
             *x.stride(), *s.stride(),
-            C=c, R=SQUEEZE, BLOCK_P=bp, BLOCK_T=bt,
+            C=c, R=SQUEEZE, BLOCK_P=bp, BLOCK_T=bt, WIDE_INDEX=_common.needs_wide_index(x),
             num_warps=warps,
         )  # fmt: skip
     return s
@@ -208,7 +248,7 @@ def channel_scale_triton(x: Tensor, s: Tensor) -> Tensor:
             x, s, y,
             w, hw,
             *x.stride(), *s.stride(), *y.stride(),
-            C=c, BLOCK_P=bp,
+            C=c, BLOCK_P=bp, WIDE_INDEX=_common.needs_wide_index(x, y),
             num_warps=warps,
         )  # fmt: skip
     return y
@@ -249,8 +289,9 @@ def _cca_scale_fake(x, w1, b1, w2, b2, backend):
 def channel_scale_op(x: Tensor, s: Tensor, backend: str) -> Tensor:
     """``y = x ⊙ s[n, c]`` in x's dtype, channels-last."""
     _check_channel_scale(x, s)
-    impl = _common.pick_impl("channel_scale", check_backend(backend, x.device), channel_scale_triton,
-                             channel_scale_torch)
+    impl = _common.pick_impl(
+        "channel_scale", check_backend(backend, x.device), channel_scale_triton, channel_scale_torch
+    )
     return impl(x, s)
 
 

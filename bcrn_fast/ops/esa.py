@@ -38,7 +38,9 @@ from bcrn_fast.ops.cca import (
     check_cca_weights,
     check_map,
     check_param,
+    check_pixels,
     launch_settings,
+    merge_group,
 )
 from bcrn_fast.validation import InputError
 
@@ -180,7 +182,7 @@ def esa_pool_triton(a: Tensor, dw: Tensor, b: Tensor) -> Tensor:
             a, dw, b, v,
             wp, hp * wp,
             *a.stride(), *v.stride(),
-            F=f, BLOCK_Q=POOL_BLOCK,
+            F=f, BLOCK_Q=POOL_BLOCK, WIDE_INDEX=_common.needs_wide_index(a, v),
             num_warps=POOL_WARPS,
         )  # fmt: skip
     return v
@@ -202,16 +204,19 @@ def esa_apply_triton(
     u = out.narrow(1, out_offset, c)  # a view: the kernel writes the slice in place
     has_cca = w1 is not None
     if has_cca:
+        check_pixels(hw, "esa_apply input")
+        g = merge_group(tiles, bt)  # two-level merge: tiles per group
         s = torch.empty((n, c), dtype=torch.float32, device=t.device)
-        ws, cnt = cca_workspace(n, tiles, t.device)
+        ws, cnt = cca_workspace(n, tiles, t.device, g)
     else:  # never dereferenced (HAS_CCA=False compiles the statistics out)
+        g = MERGE_BLOCK
         s = t.new_empty((0,), dtype=torch.float32)
         w1 = b1 = w2 = b2 = ws = cnt = bf
     with _device_guard(t):
         esa_apply_kernel[(tiles, n)](
             t, c3, wf, bf, w4, b4, u,
             w1, b1, w2, b2, s if has_cca else bf, ws, cnt,
-            w, hw, tiles, hl, wl, hl / h, wl / w,
+            w, hw, tiles, g, n, hl, wl, hl / h, wl / w,
             *t.stride(), *c3.stride(), *u.stride(), *(s.stride() if has_cca else (0, 0)),
             C=c, F=ESA_CHANNELS, R=SQUEEZE, BLOCK_P=bp, BLOCK_T=bt,
             HAS_CCA=has_cca,
@@ -219,6 +224,7 @@ def esa_apply_triton(
             # (triton-lang/triton#11584); bf16 -> fp32 is exact, so numerics match the GPU path.
             DOT_IN_FP32=_common.interpreter_enabled() and t.dtype == torch.bfloat16,
             INPUT_PRECISION=precision if t.dtype == torch.float32 else "tf32",  # ignored for half operands
+            WIDE_INDEX=_common.needs_wide_index(t, c3, u),
             num_warps=warps,
         )  # fmt: skip
     return s

@@ -1,0 +1,183 @@
+"""Every benchmark row in its own process (``--isolate``): one fault cannot cost the other rows.
+
+On a GPU a kernel that faults (illegal address, misaligned access) leaves the
+CUDA context unusable for the rest of its process, and a kernel that hangs
+stops everything after it. So the parent here never touches the GPU for a
+row: it decides the order (:data:`~bcrn_fast.benchmarking.variants.ISOLATED_ORDER`:
+baselines first, fused rows next, slow compile modes last), starts
+``python -m bcrn_fast.benchmarking.isolated SPEC.json`` per row under a
+timeout and records what came back:
+
+- the child's own row (OK, WRONG, CRASHED when it raised, SKIPPED);
+- TIMEOUT when the child ran past its limit (the whole process group is killed);
+- CRASHED with the exit code or signal and the child's last output line when
+  it died without writing a row (segfault, CUDA abort, out of memory).
+
+The child builds, verifies, times and (CUDA) counts kernels exactly as
+:meth:`Bench.run_one` does in one process; its reference output is computed
+in the child too, so nothing is shared between rows but the disk caches
+(Triton's and Inductor's), which later rows reuse.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bcrn_fast.benchmarking.harness import Bench, Case, Options, Row
+from bcrn_fast.benchmarking.variants import ISOLATED_ORDER, VARIANTS
+
+__all__ = ["isolated_order", "row_timeout", "run_isolated"]
+
+_STARTUP_S = 30.0  # a child's own start: import torch, CUDA context, reference model and output
+_CPU_SLOWDOWN = 3.0  # CPU rows (rehearsals, CI) run on small shared machines: allow more
+
+
+def isolated_order(jobs: Sequence[tuple[Case, str]]) -> list[int]:
+    """Indices of ``jobs`` in run order: by :data:`ISOLATED_ORDER` rank of the variant, then grid order."""
+    rank = {name: i for i, name in enumerate(ISOLATED_ORDER)}
+    return sorted(range(len(jobs)), key=lambda i: (rank.get(jobs[i][1], len(rank)), i))
+
+
+def row_timeout(variant: str, options: Options, cap_s: float | None = None) -> float:
+    """Seconds a row's process may take: start-up + twice the variant's build estimate + the timing budget."""
+    v = VARIANTS.get(variant)
+    est = v.est_build_s if v is not None else 30.0
+    limit = _STARTUP_S + 2 * est + 4 * options.max_row_s + 10
+    if options.device.type == "cpu":
+        limit *= _CPU_SLOWDOWN
+    return limit if cap_s is None else min(limit, cap_s)
+
+
+def _options_to_json(options: Options) -> dict[str, Any]:
+    d = dataclasses.asdict(options)
+    d["device"] = str(options.device)
+    d["budget_s"] = None  # the parent owns the budget
+    return d
+
+
+def _options_from_json(d: dict[str, Any]) -> Options:
+    d = dict(d)
+    d["device"] = torch.device(d["device"])
+    return Options(**d)
+
+
+def _last_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[-1][:300] if lines else "(no output)"
+
+
+def _child_command(spec: Path, result: Path) -> list[str]:
+    return [sys.executable, "-m", "bcrn_fast.benchmarking.isolated", str(spec), str(result)]
+
+
+def _run_child(case: Case, variant: str, options: Options, timeout_s: float, workdir: Path) -> Row:
+    spec = workdir / "spec.json"
+    result = workdir / "row.json"
+    result.unlink(missing_ok=True)
+    spec.write_text(
+        json.dumps({"case": dataclasses.asdict(case), "variant": variant, "options": _options_to_json(options)})
+    )
+    cmd = _child_command(spec, result)
+    t0 = time.monotonic()
+    # own process group, so a timeout also ends the compile workers a child started
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout_s)
+        timed_out = False
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                out, _ = proc.communicate(timeout=5)
+                break
+            except subprocess.TimeoutExpired:
+                out = ""
+    elapsed = time.monotonic() - t0
+    if out:
+        sys.stderr.write("".join(f"    | {ln}\n" for ln in out.splitlines()[-40:]))
+        sys.stderr.flush()
+    if not timed_out and result.exists():
+        data = json.loads(result.read_text())
+        return Row(**data)
+    row = Row.for_case(case, variant)
+    if timed_out:
+        row.status, row.reason = "TIMEOUT", f"its process ran past {timeout_s:.0f} s and was killed"
+    else:
+        rc = proc.returncode
+        how = f"signal {signal.Signals(-rc).name}" if rc is not None and rc < 0 else f"exit code {rc}"
+        row.status = "CRASHED"
+        row.reason = f"its process died ({how}) after {elapsed:.0f} s without a result: {_last_line(out or '')}"
+    return row
+
+
+def run_isolated(
+    cases: Sequence[Case],
+    variants: Sequence[str],
+    options: Options,
+    on_row: Callable[[Row, list[Row]], None] | None = None,
+    row_timeout_s: float | None = None,
+) -> list[Row]:
+    """All rows of ``cases`` x ``variants`` (display order), each run in a fresh process.
+
+    ``options.budget_s`` bounds the whole run: a row whose timeout no longer
+    fits is SKIPPED with the reason. ``row_timeout_s`` caps every row's limit.
+    """
+    jobs = [(case, v) for case in cases for v in variants]
+    deadline = None if options.budget_s is None else time.monotonic() + options.budget_s
+    probe = Bench(options)  # availability checks only: it never builds a model here
+    done: dict[int, Row] = {}
+    with tempfile.TemporaryDirectory(prefix="bcrn_bench_row_") as tmp:
+        for i in isolated_order(jobs):
+            case, variant = jobs[i]
+            reason = probe.skip_reason(case, variant)
+            limit = row_timeout(variant, options, row_timeout_s)
+            if reason is None and deadline is not None:
+                left = deadline - time.monotonic()
+                if left < limit:
+                    reason = f"time budget: {max(left, 0):.0f} s left, this row may need {limit:.0f} s"
+            if reason is not None:
+                row = Row.for_case(case, variant)
+                row.status, row.reason = "SKIPPED", reason
+            else:
+                row = _run_child(case, variant, options, limit, Path(tmp))
+            done[i] = row
+            if on_row is not None:
+                on_row(row, [done[k] for k in sorted(done)])
+    return [done[i] for i in range(len(jobs))]
+
+
+def _child(spec_path: str, result_path: str) -> int:
+    spec = json.loads(Path(spec_path).read_text())
+    case = Case(**spec["case"])
+    options = _options_from_json(spec["options"])
+    bench = Bench(options)
+    row = bench.run_one(case, spec["variant"])
+    if row.status == "OK" and options.device.type == "cuda" and options.profile:
+        bench.profile_row(case, row)  # in this process after its timing: never perturbs another row
+    tmp = Path(result_path + ".tmp")
+    tmp.write_text(json.dumps(row.to_dict()))
+    tmp.replace(result_path)  # a row file is complete or absent
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3:
+        print("usage: python -m bcrn_fast.benchmarking.isolated SPEC.json RESULT.json", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(_child(sys.argv[1], sys.argv[2]))
