@@ -74,13 +74,14 @@ def test_every_kernel_compiles_for_sm80_and_sm90(report):
 
 
 def test_no_kernel_spills_or_uses_local_memory(report):
-    """Every configuration of the common (i32 offset) path is spill-free."""
+    """Every configuration, the int64 offset (WIDE_INDEX) path included, is spill-free; the driver agrees."""
     rc, rows = report
-    bad = [r for r in rows if (r["stack"] != 0 or r["local"] != 0) and "WIDE_INDEX=True" not in r["config"]]
+    bad = [r for r in rows if r["stack"] != 0 or r["local"] != 0]
     assert not bad, "register spills / local memory:\n" + "\n".join(
         f"{r['kernel']} sm_{r['arch']} {r['dtypes']} {r['config']}: stack {r['stack']} local {r['local']}" for r in bad
     )
     assert all(0 < r["regs"] <= 255 for r in rows)
+    assert rc == 0, "python -m bcrn_fast.aot reported failing configurations (see its stderr above)"
 
 
 def test_gemm_kernels_use_tensor_cores(report):
@@ -96,7 +97,6 @@ def test_gemm_kernels_use_tensor_cores(report):
     assert not missing, "GEMM without mma/wgmma:\n" + "\n".join(
         f"{r['kernel']} sm_{r['arch']} {r['dtypes']} {r['config']}" for r in missing
     )
-    assert rc in (0, 1)  # 1: some configuration failed; the other tests here say which
 
 
 def test_dynamic_shared_memory_is_reported(report):
@@ -114,13 +114,11 @@ def test_dynamic_shared_memory_is_reported(report):
 def test_wide_index_variants_compile(report):
     """The int64 offset path (forced at the largest shape) compiles clean for the kernels that have it."""
     _, rows = report
-    for kernel in ("bsconv_kernel", "esa_pool_kernel", "esa_apply_kernel"):
+    for kernel in sorted(EXPECTED_KERNELS):  # every kernel has the WIDE_INDEX switch
         for arch in (80, 90):
             wide = [r for r in rows if r["kernel"] == kernel and r["arch"] == arch and "WIDE_INDEX=True" in r["config"]]
             assert wide, f"{kernel} sm_{arch}: no WIDE_INDEX=True configuration compiled"
-    # Known (docs/aot-report.md): a few int64-offset variants spill 8-24 B. That path only runs for images whose
-    # largest offset reaches 2^31 (> 5.6 M LR pixels), so it costs speed there, never correctness; bound it.
     wide = [r for r in rows if "WIDE_INDEX=True" in r["config"]]
-    assert all(r["local"] == 0 and r["stack"] <= 32 for r in wide), [
-        (r["kernel"], r["arch"], r["config"], r["stack"]) for r in wide if r["local"] or r["stack"] > 32
+    assert not [r for r in wide if r["stack"] or r["local"]], [
+        (r["kernel"], r["arch"], r["config"], r["stack"], r["local"]) for r in wide if r["stack"] or r["local"]
     ]

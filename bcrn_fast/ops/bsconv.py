@@ -207,15 +207,19 @@ def check_bsconv_args(
 # --------------------------------------------------------------------------- launch config
 
 
-def _launch_config(hw: int, cout_pad: int, block_k: int, dtype: torch.dtype, precision: str) -> tuple[int, int, int]:
-    """(BLOCK_P, num_warps, num_stages) from ``_common.pixel_block`` plus per-mode register caps.
+def _launch_config(
+    hw: int, cout_pad: int, block_k: int, dtype: torch.dtype, precision: str, wide_index: bool = False
+) -> tuple[int, int, int, int]:
+    """(BLOCK_P, BLOCK_K, num_warps, num_stages) from ``_common.pixel_block`` plus per-mode register caps.
 
     Every rule below comes from ptxas resource usage of the AOT-compiled kernel
-    (``python -m bcrn_fast.aot``, sm_80 and sm_90), keeping every configuration
-    free of spills:
+    (``python -m bcrn_fast.aot``, sm_80, sm_86, sm_89 and sm_90 under Triton 3.6
+    and 3.9), keeping every configuration free of spills on all of them:
     - 16-channel tiles (ESA's low-res branch): [32, 16] on 4 warps is the one
       shape clean for every dtype and arch ([16, 16] spills 8 B on 2 or 4 warps);
-    - fp32 IEEE (FMA dots, no tensor cores): BLOCK_P <= 16 at 64 channels, one stage;
+    - fp32 IEEE (FMA dots, no tensor cores): BLOCK_P <= 16 at 64 channels, one stage,
+      and K chunks of 32 input channels when Cout is 64: BLOCK_K 64 spills 8 B on
+      sm_86/sm_89 under Triton 3.6 (4 warps; 2 or 8 warps spill on sm_80/sm_90);
     - fp32 tf32: BLOCK_P <= 32 (64 spills on sm_80 even with 8 warps), and 2
       warps when 16 < Cout <= 32 (the x3 upsampler spills 8 B on 4 warps on sm_90);
       Cout <= 16 (the x2 upsampler) keeps 4 warps: 2 spill on sm_80 (Triton 3.6)
@@ -223,15 +227,22 @@ def _launch_config(hw: int, cout_pad: int, block_k: int, dtype: torch.dtype, pre
     - half: 8 warps once the tile reaches [128, 64] (4 warps spill); the x3
       upsampler (Cout 27 -> 32) caps BLOCK_P at 64 on 4 warps: [128, 32] on 8
       warps spills 8 B on sm_86/sm_89 under Triton 3.6.
+    The int64 offset path (``wide_index``, images past 2^31 element offsets) holds
+    more address registers and gets its own caps (Triton 3.6 and 3.9, sm_80/86/89/90):
+    - 16-channel tiles pipeline 2 stages, not 3 (tf32 [32, 16] spills 8 B on sm_80);
+    - half tiles of [128, 64] halve BLOCK_P to 64 on 8 warps (128 pixels spill
+      8-24 B on sm_80 and sm_86/sm_89 with 4 or 8 warps).
     """
     wide = max(cout_pad, block_k)
     fma = dtype == torch.float32 and precision == "ieee"
     num_stages = 1 if fma else 3  # an FMA dot has nothing to overlap
     if wide <= 16:
-        return 32, 4, num_stages
+        return 32, block_k, 4, min(num_stages, 2) if wide_index else num_stages
     block_p, num_warps = _common.pixel_block(hw, wide)
     if fma:
         block_p = min(block_p, 16)
+        if cout_pad == 64:
+            block_k = min(block_k, 32)
     elif dtype == torch.float32:
         block_p = min(block_p, 32)
         if 16 < cout_pad <= 32:
@@ -240,7 +251,9 @@ def _launch_config(hw: int, cout_pad: int, block_k: int, dtype: torch.dtype, pre
         block_p = min(block_p, 64)
     elif block_p * wide >= 128 * 64:
         num_warps = 8
-    return block_p, num_warps, num_stages
+        if wide_index:
+            block_p = min(block_p, 64)
+    return block_p, block_k, num_warps, num_stages
 
 
 # --------------------------------------------------------------------------- backends
@@ -325,7 +338,8 @@ def bsconv_triton(
     pw_t, dw, bias = pw_t.contiguous(), dw.contiguous(), bias.contiguous()
     block_k = min(_common.next_pow2(cin), 64)
     cout_pad = _common.next_pow2(cout)
-    block_p, num_warps, num_stages = _launch_config(ho * wo, cout_pad, block_k, x.dtype, precision)
+    wide_index = _common.needs_wide_index(x, residual, out)
+    block_p, block_k, num_warps, num_stages = _launch_config(ho * wo, cout_pad, block_k, x.dtype, precision, wide_index)
     grid = (triton.cdiv(ho * wo, block_p), n)
     s = in_scale if in_scale is not None else bias  # dummy pointer, never read
     s_strides = in_scale.stride() if in_scale is not None else (0, 0)
@@ -340,7 +354,7 @@ def bsconv_triton(
         HAS_SCALE=in_scale is not None, HAS_RES=residual is not None,
         BLOCK_P=block_p, BLOCK_K=block_k, COUT_PAD=cout_pad, PRECISION=dot_precision,
         DOT_IN_FP32=_common.interpreter_enabled() and x.dtype == torch.bfloat16,
-        WIDE_INDEX=_common.needs_wide_index(x, residual, out),
+        WIDE_INDEX=wide_index,
         num_warps=num_warps, num_stages=num_stages,
     )  # fmt: skip
     return out

@@ -190,7 +190,7 @@ def _alloc_outs(t: torch.Tensor, esa_a: torch.Tensor | None) -> tuple[torch.Tens
 # --------------------------------------------------------------------------- launch config
 
 
-def _launch_config(hw: int, dtype: torch.dtype, precision: str) -> tuple[int, int]:
+def _launch_config(hw: int, dtype: torch.dtype, precision: str, wide_index: bool = False) -> tuple[int, int]:
     """(BLOCK_P, num_warps) from ``_common.pixel_block`` plus per-mode register caps.
 
     From ptxas resource usage of the AOT-compiled kernel (C 64, HID 256, sm_80
@@ -198,11 +198,14 @@ def _launch_config(hw: int, dtype: torch.dtype, precision: str) -> tuple[int, in
     per W1/W2 chunk load); fp32 tf32 BLOCK_P 64 with 4 warps; fp32 IEEE (FMA
     dots, no tensor cores) spills above BLOCK_P 16. Registers at these configs
     (Triton 3.9, pipelined tap loop, polynomial GELU; sm_80 / sm_90, 0 spills):
-    half 188-194 / 131-132, tf32 168 / 214, IEEE 96 / 90.
+    half 188-194 / 131-132, tf32 168 / 214, IEEE 96 / 90. The int64 offset path
+    (``wide_index``) runs fp32 IEEE on 8 warps (4 warps spill 8 B on sm_86/sm_89, Triton 3.9).
     """
     block_p, num_warps = _common.pixel_block(hw, 64)
     if dtype == torch.float32:
         block_p = min(block_p, 64 if precision == "tf32" else 16)
+        if precision == "ieee" and wide_index:
+            num_warps = 8
     elif block_p == 128:
         num_warps = 8
     return block_p, num_warps
@@ -286,7 +289,8 @@ def convnext_triton(
     a_arg = a if has_esa else y
     c_pad = _common.next_pow2(c)
     hid_block = min(_common.next_pow2(hid), HIDDEN_BLOCK)
-    block_p, num_warps = _launch_config(h * w, t.dtype, precision)
+    wide_index = _common.needs_wide_index(t, y, a_arg)
+    block_p, num_warps = _launch_config(h * w, t.dtype, precision, wide_index)
     grid = (triton.cdiv(h * w, block_p), n)
     dot_precision = precision if t.dtype == torch.float32 else "tf32"  # ignored for half operands
     convnext_kernel[grid](
@@ -296,7 +300,7 @@ def convnext_triton(
         HAS_ESA=has_esa, BLOCK_P=block_p, C_PAD=c_pad, HID_BLOCK=hid_block,
         E_PAD=_common.next_pow2(e), PRECISION=dot_precision,
         DOT_IN_FP32=_common.interpreter_enabled() and t.dtype == torch.bfloat16,
-        WIDE_INDEX=_common.needs_wide_index(t, y, a_arg),
+        WIDE_INDEX=wide_index,
         num_warps=num_warps,
     )  # fmt: skip
     return y, a
