@@ -17,7 +17,7 @@ from bcrn_fast.checkpoint import load_checkpoint, save_checkpoint
 from bcrn_fast.cli import main
 from bcrn_fast.imageio import read_image, read_rgb_uint8, to_uint8
 from bcrn_fast.metrics import evaluate_pair
-from bcrn_fast.model import BCRN
+from tests.utils import random_bcrn
 
 REF = ["--backend", "reference"]
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -26,12 +26,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An x2 checkpoint with random (seeded) weights."""
-    torch.manual_seed(0)
-    model = BCRN(2)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return save_checkpoint(model, tmp_path_factory.mktemp("ckpt") / "bcrn_x2.safetensors")
+    return save_checkpoint(random_bcrn(2), tmp_path_factory.mktemp("ckpt") / "bcrn_x2.safetensors")
 
 
 def smooth_image(h: int, w: int, seed: int = 0) -> np.ndarray:

@@ -7,15 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from bcrn_fast import distributed
 from bcrn_fast.checkpoint import save_checkpoint
 from bcrn_fast.cli import main
 from bcrn_fast.jobs import Job, plan_jobs
-from bcrn_fast.model import BCRN
 from bcrn_fast.validation import InputError
+from tests.utils import random_bcrn
 
 ray = pytest.importorskip("ray", reason="needs the ray extra: pip install 'bcrn_fast[ray]'")
 pytest.importorskip("ray.data", reason="needs Ray Data: pip install 'bcrn_fast[ray]'")
@@ -43,12 +42,7 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    model = BCRN(2)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return save_checkpoint(model, tmp_path_factory.mktemp("ckpt") / "x2.safetensors")
+    return save_checkpoint(random_bcrn(2), tmp_path_factory.mktemp("ckpt") / "x2.safetensors")
 
 
 def make_tree(root: Path) -> Path:

@@ -14,7 +14,7 @@ from bcrn_fast.evaluate import default_data_dir
 from bcrn_fast.imageio import find_images, read_image
 from bcrn_fast.model import BCRN
 from bcrn_fast.validation import InputError
-from tests.utils import rel_error
+from tests.utils import random_bcrn, rel_error
 
 onnx = pytest.importorskip("onnx", reason="needs the onnx extra: pip install 'bcrn_fast[onnx]'")
 ort = pytest.importorskip("onnxruntime", reason="needs the onnx extra: pip install 'bcrn_fast[onnx]'")
@@ -26,12 +26,7 @@ CHECK_SHAPES = ((1, 23, 41), (3, 16, 19))
 
 
 def random_model(scale: int, seed: int = 0) -> BCRN:
-    torch.manual_seed(seed)
-    model = BCRN(scale)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return model.eval()
+    return random_bcrn(scale, seed)
 
 
 def natural_image() -> torch.Tensor:
