@@ -21,7 +21,7 @@ import torch
 
 from bcrn_fast import model as M
 from bcrn_fast.fused import FUSED_CLASSES
-from bcrn_fast.ops import _common
+from bcrn_fast.ops.backends import available_backends, interpreter_enabled
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 CASES = [
@@ -97,14 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.backends:
         backends = args.backends.split(",")
     else:
-        backends = ["torch"] + (["triton"] if _common.triton_can_run(device) else [])
-        from bcrn_fast.ops import cuda_ext
-
-        if device.type == "cuda" and cuda_ext.available():
-            backends.append("cuda")
+        backends = available_backends(device)
     print(
         f"relative error vs float64 reference, device {device}, "
-        f"interpreter={_common.interpreter_enabled()}, torch {torch.__version__}",
+        f"interpreter={interpreter_enabled()}, torch {torch.__version__}",
         flush=True,
     )
     for line in rows(args.device, backends, args.dtypes.split(",")):

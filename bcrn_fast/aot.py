@@ -47,7 +47,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from bcrn_fast.ops import _common
+from bcrn_fast.ops import _common, backends
 
 
 @dataclass
@@ -177,18 +177,18 @@ def recording(archs: tuple[int, ...]) -> Iterator[Recorder]:
     """Within the block, Triton launches compile for ``archs`` instead of running."""
     from triton.runtime.jit import JITFunction
 
-    if _common.interpreter_enabled():
+    if backends.interpreter_enabled():
         raise RuntimeError("bcrn_fast.aot needs the real Triton compiler: unset TRITON_INTERPRET")
     rec = Recorder(archs)
     original = JITFunction.run
     JITFunction.run = lambda self, *a, grid, warmup, **k: rec.run(self, *a, grid=grid, warmup=warmup, **k)
-    previous = _common.AOT_RECORDING
-    _common.AOT_RECORDING = True
+    previous = backends._recording
+    backends._recording = True
     try:
         yield rec
     finally:
         JITFunction.run = original
-        _common.AOT_RECORDING = previous
+        backends._recording = previous
 
 
 # (N, H, W) driven per dtype: 15x15 (pooled ESA map 1x1, the smallest tiles),

@@ -33,7 +33,7 @@ from bcrn_fast.evaluate import DatasetError, default_data_dir, evaluate, format_
 from bcrn_fast.imageio import ImageError, atomic_output, image_size, read_image_array, write_png
 from bcrn_fast.jobs import Job, plan_jobs
 from bcrn_fast.model import MIN_SIZE, SCALES
-from bcrn_fast.ops._common import BackendUnavailable
+from bcrn_fast.ops.backends import BackendUnavailable
 from bcrn_fast.validation import InputError
 
 __all__ = ["CLIError", "build_parser", "main"]

@@ -42,7 +42,7 @@ from typing import Any
 
 from bcrn_fast.imageio import IMAGE_EXTENSIONS
 from bcrn_fast.jobs import Job, plan_jobs
-from bcrn_fast.ops._common import BackendUnavailable
+from bcrn_fast.ops.backends import BackendUnavailable
 from bcrn_fast.validation import InputError
 
 __all__ = [

@@ -545,7 +545,7 @@ def _model_kind(model: nn.Module) -> tuple[str, torch.device, torch.dtype]:
     model = _unwrap(model)
     p = model.conv1.pw.weight
     if isinstance(model, BCRNFused):
-        from bcrn_fast.ops._common import BackendUnavailable, resolve_backend
+        from bcrn_fast.ops.backends import BackendUnavailable, resolve_backend
 
         try:
             kind = resolve_backend(model.backend, p.device)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The one GPU check (docs: ../shared/docs/gpu-checks.md), and its CPU rehearsal.
+# The one GPU check (docs: docs/contributing.md, "Working without a GPU"), and its CPU rehearsal.
 #
 #   benchmarks/gpu_check.sh OUTDIR DATA_DIR               on the GPU machine (one run, < 8 min)
 #   benchmarks/gpu_check.sh --rehearse OUTDIR [DATA_DIR]  on a CPU machine (CI): the same control flow

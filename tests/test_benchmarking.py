@@ -20,7 +20,7 @@ TINY = Case("model", 2, 16, 16, 1, "fp32")  # smallest legal input: fast on any 
 
 # ----------------------------------------------------------------------------- FLOP / byte model
 def test_macs_match_architecture_doc():
-    """bcrn-architecture.md: ~272 K MACs per LR pixel at x4, ~15.7 G for a 320x180 input."""
+    """docs/design.md: ~272 K MACs per LR pixel at x4, ~15.7 G for a 320x180 input."""
     total = costs.model_macs(180, 320, scale=4)
     assert total == pytest.approx(15.7e9, rel=0.015)
     asymptotic = costs.model_macs(2000, 2000, scale=4) / 2000**2
@@ -55,7 +55,7 @@ def test_analytic_macs_equal_counted_convs(scale, h, w):
 
 
 def test_bytes_model():
-    """kernel-design.md: a fused design moves "on the order of 1 KB per LR pixel per BCB in fp16"."""
+    """docs/design.md: a fused design moves "on the order of 1 KB per LR pixel per BCB in fp16"."""
     h = w = 1200
     p = h * w
     fp16 = costs.target_traffic("model", h, w, 4, 1, "fp16")

@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 from bcrn_fast.kernels import cca as K
 
-from bcrn_fast.ops import _common
+from bcrn_fast.ops import _common, backends
 from bcrn_fast.ops.cca import (
     MAX_PIXELS,
     MERGE_BLOCK,
@@ -38,7 +38,7 @@ from tests.test_op_cca import cca_ref, random_cca, random_map
 from tests.utils import assert_close_to_ref
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-needs_triton = pytest.mark.skipif(not _common.triton_can_run(DEVICE), reason="Triton needs CUDA or TRITON_INTERPRET=1")
+needs_triton = pytest.mark.skipif(not backends.triton_can_run(DEVICE), reason="Triton needs CUDA or TRITON_INTERPRET=1")
 
 # (N, H, W, BLOCK_P, BLOCK_T, G): T tiles, NG = cdiv(T, G) groups, a partial last tile and a short last group
 CASES = [

@@ -20,18 +20,14 @@ from bcrn_fast.checkpoint import (
 )
 from bcrn_fast.evaluate import default_data_dir
 from bcrn_fast.model import BCRN
+from tests.utils import random_bcrn
 
 DATA_DIR = default_data_dir()
 
 
 def random_model(scale: int, seed: int = 0) -> BCRN:
     """A BCRN with random weights, biases included (so a lost bias changes the output)."""
-    torch.manual_seed(seed)
-    model = BCRN(scale)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return model.eval()
+    return random_bcrn(scale, seed)
 
 
 def run(model: torch.nn.Module, seed: int = 1) -> torch.Tensor:

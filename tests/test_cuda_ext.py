@@ -31,7 +31,7 @@ import pytest
 import torch
 
 from bcrn_fast import model as M
-from bcrn_fast.ops import _common, cuda_ext
+from bcrn_fast.ops import _common, backends, cuda_ext
 from bcrn_fast.ops.bsconv import pack_bsconv, pack_upsampler
 from bcrn_fast.ops.cca import pack_cca
 from bcrn_fast.ops.convnext import pack_convnext, pack_esa_pre
@@ -531,7 +531,7 @@ def test_bcrn_fused_cuda_backend_matches_reference(target, dtype):
     """BCRNFused(backend="cuda"): bcb_front, bsconv and cca on the extension, ESA on Triton."""
     from bcrn_fast.fused import BCRNFused
 
-    if target.device.type == "cpu" and not _common.interpreter_enabled():
+    if target.device.type == "cpu" and not backends.interpreter_enabled():
         # ESA has no CUDA kernel: its ops run on Triton, which takes CPU tensors only through the interpreter
         pytest.skip(CPU_ONLY_ON_GPU if torch.cuda.is_available() else "ESA runs on Triton: needs TRITON_INTERPRET=1")
     torch.manual_seed(0)

@@ -12,7 +12,7 @@ import torch
 from bcrn_fast import BCRN
 from bcrn_fast.fused import BCRNFused, FusedBCB, FusedBSConv, fuse_
 from bcrn_fast.validation import InputError
-from tests.utils import QUICK, assert_close_to_ref, guarded
+from tests.utils import QUICK, assert_close_to_ref, guarded, random_bcrn
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -24,15 +24,6 @@ def _data_dir() -> Path | None:
 
 DATA = _data_dir()
 needs_data = pytest.mark.skipif(DATA is None, reason="official weights/Set5 not found (set BCRN_DATA_DIR)")
-
-
-def _random_bcrn(scale: int, seed: int = 0) -> BCRN:
-    torch.manual_seed(seed)
-    model = BCRN(scale)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return model.eval()
 
 
 def _official(scale: int) -> BCRN:
@@ -48,7 +39,7 @@ def _ref64(model: BCRN, x: torch.Tensor) -> torch.Tensor:
 
 
 def test_same_state_dict_as_reference():
-    ref = _random_bcrn(4)
+    ref = random_bcrn(4)
     fused = BCRNFused(4)
     assert list(fused.state_dict()) == list(ref.state_dict())
     fused.load_state_dict(ref.state_dict(), strict=True)
@@ -87,7 +78,7 @@ CASES = [("triton", *c) for c in TRITON_CASES] + [("torch", *c) for c in TORCH_C
     ids=[f"{b}-x{s}-{str(d)[6:]}-{'x'.join(map(str, sh))}" for b, s, d, sh in CASES],
 )
 def test_bcrn_fused_matches_reference(scale, dtype, backend, shape):
-    ref = _random_bcrn(scale).to(DEVICE)
+    ref = random_bcrn(scale).to(DEVICE)
     fused = BCRNFused.from_reference(ref, backend=backend).to(dtype)
     torch.manual_seed(1)
     x = torch.rand(*shape[:1], 3, *shape[1:], device=DEVICE)
@@ -107,7 +98,7 @@ def test_built_under_inference_mode():
 
 
 def test_fuse_in_place_shares_weights():
-    model = _random_bcrn(2)
+    model = random_bcrn(2)
     params = {k: p for k, p in model.named_parameters()}
     x = torch.rand(1, 3, 16, 18)
     with torch.no_grad():
@@ -121,7 +112,7 @@ def test_fuse_in_place_shares_weights():
 
 
 def test_fuse_in_place_inside_a_container():
-    holder = torch.nn.Sequential(_random_bcrn(2))
+    holder = torch.nn.Sequential(random_bcrn(2))
     fuse_(holder, backend="torch")
     assert isinstance(holder[0], BCRNFused)
 
@@ -142,7 +133,7 @@ def test_input_checks():
 
 
 def test_constant_image_is_finite():
-    model = BCRNFused.from_reference(_random_bcrn(4), backend="torch")
+    model = BCRNFused.from_reference(random_bcrn(4), backend="torch")
     with torch.inference_mode():
         out = model(torch.full((1, 3, 16, 16), 0.5))
     assert torch.isfinite(out).all()
@@ -187,7 +178,7 @@ def test_torch_backend_reproduces_set5(scale, expected_psnr):
 
 
 def test_torch_compile_fullgraph_no_graph_break():
-    model = BCRNFused.from_reference(_random_bcrn(2), backend="torch")
+    model = BCRNFused.from_reference(random_bcrn(2), backend="torch")
     x = torch.rand(1, 3, 16, 17)
     with torch.inference_mode():
         expected = model(x)
@@ -200,7 +191,7 @@ def test_torch_compile_fullgraph_no_graph_break():
 
 @pytest.mark.slow
 def test_torch_compile_inductor_cpu():
-    model = BCRNFused.from_reference(_random_bcrn(2), backend="torch")
+    model = BCRNFused.from_reference(random_bcrn(2), backend="torch")
     x = torch.rand(1, 3, 16, 17)
     with torch.inference_mode():
         expected = model(x)

@@ -39,7 +39,7 @@ def test_parameter_count_x4_matches_paper() -> None:
 
 @pytest.mark.parametrize("scale", [2, 3, 4])
 def test_parameter_count_per_component(scale: int) -> None:
-    """Counts from docs/bcrn-architecture.md: conv1 832, BCB 43,272 (4,736 + 33,728 + 4,160 + 648), conv2 25,216."""
+    """Counts from docs/design.md: conv1 832, BCB 43,272 (4,736 + 33,728 + 4,160 + 648), conv2 25,216."""
     model = BCRN(scale)
     assert n_params(model.conv1) == 832
     for block in model.blocks():

@@ -12,8 +12,9 @@ import torch
 
 import bcrn_fast.ops.cca  # noqa: F401  (registers bcrn_fast::cca_scale, bcrn_fast::channel_scale)
 from bcrn_fast.model import CCALayer, mean_channels, stdv_channels
-from bcrn_fast.ops import _common
+from bcrn_fast.ops import backends
 from bcrn_fast.ops.cca import cca_scale, cca_scale_triton, channel_scale, pack_cca
+from bcrn_fast.validation import InputError
 from tests.utils import REL_TOL, assert_close_to_ref, guarded, inductor_unavailable, rel_error
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -21,7 +22,7 @@ DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 BACKENDS = [
     pytest.param(
         "triton",
-        marks=pytest.mark.skipif(not _common.triton_can_run(DEVICE), reason="Triton needs CUDA or TRITON_INTERPRET=1"),
+        marks=pytest.mark.skipif(not backends.triton_can_run(DEVICE), reason="Triton needs CUDA or TRITON_INTERPRET=1"),
     ),
     "torch",
 ]
@@ -130,7 +131,7 @@ def test_large_mean_small_std(backend):
 
 def test_deterministic_and_tiling():
     """Bit-identical over repeated calls; another tiling (and merge chunking) stays within tolerance."""
-    if not _common.triton_can_run(DEVICE):
+    if not backends.triton_can_run(DEVICE):
         pytest.skip("Triton needs CUDA or TRITON_INTERPRET=1")
     cca = random_cca()
     x = random_map(2, 40, 29)  # 1160 pixels: 10 tiles of 128, or 73 tiles of 16 in 19 chunks of 4
@@ -176,9 +177,9 @@ def test_validation():
         ops.cca_scale(torch.randn(1, 32, 8, 8, device=DEVICE), *w, "torch")
     with pytest.raises(ValueError, match="shape"):
         ops.cca_scale(x[0], *w, "torch")
-    with pytest.raises(TypeError, match="float32"):
+    with pytest.raises(InputError, match="float32"):
         ops.cca_scale(x.double(), *w, "torch")
-    with pytest.raises(TypeError, match="dtype"):
+    with pytest.raises(InputError, match="dtype"):
         ops.cca_scale(x, w.w1.half(), *w[1:], "torch")
     with pytest.raises(ValueError, match="shape"):
         ops.cca_scale(x, w.w1.t().contiguous(), *w[1:], "torch")
@@ -187,10 +188,10 @@ def test_validation():
     with pytest.raises(ValueError, match="on"):
         ops.cca_scale(x.to("meta"), *w, "torch")
     with pytest.raises(ValueError, match="backend"):
-        ops.cca_scale(x, *w, "auto")
+        ops.cca_scale(x, *w, "auto")  # "auto" is resolved in the module layer, not by the op
     with pytest.raises(ValueError, match="s"):
         ops.channel_scale(x, torch.ones(2, 64, device=DEVICE), "torch")
-    with pytest.raises(TypeError, match="dtype"):
+    with pytest.raises(InputError, match="dtype"):
         ops.channel_scale(x, torch.ones(1, 64, device=DEVICE, dtype=torch.float16), "torch")
 
 

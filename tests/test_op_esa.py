@@ -15,14 +15,15 @@ import torch.nn.functional as F
 
 import bcrn_fast.ops.esa  # noqa: F401  (registers bcrn_fast::esa_pool, bcrn_fast::esa_apply)
 from bcrn_fast.model import ESA, CCALayer, mean_channels, stdv_channels
-from bcrn_fast.ops import _common
+from bcrn_fast.ops import backends
 from bcrn_fast.ops.cca import pack_cca
 from bcrn_fast.ops.esa import esa_apply, esa_apply_triton, esa_pool, pack_esa, pooled_size
+from bcrn_fast.validation import InputError
 from tests.utils import assert_close_to_ref, guarded, inductor_unavailable, rel_error
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-HAS_TRITON = _common.triton_can_run(DEVICE)
+HAS_TRITON = backends.triton_can_run(DEVICE)
 BACKENDS = [
     pytest.param("triton", marks=pytest.mark.skipif(not HAS_TRITON, reason="Triton needs CUDA or TRITON_INTERPRET=1")),
     "torch",
@@ -245,9 +246,9 @@ def test_validation():
         ops.esa_pool(a[:, :, :14], wts.pool_dw, wts.pool_b, "torch")
     with pytest.raises(ValueError, match="16"):
         ops.esa_pool(torch.randn(1, 64, 15, 15, device=DEVICE), wts.pool_dw, wts.pool_b, "torch")
-    with pytest.raises(TypeError, match="float32"):
+    with pytest.raises(InputError, match="float32"):
         ops.esa_pool(a.double(), wts.pool_dw, wts.pool_b, "torch")
-    with pytest.raises(TypeError, match="dtype"):
+    with pytest.raises(InputError, match="dtype"):
         ops.esa_pool(a, wts.pool_dw.half(), wts.pool_b, "torch")
     with pytest.raises(ValueError, match="on"):
         ops.esa_pool(a.to("meta"), wts.pool_dw, wts.pool_b, "torch")
@@ -264,10 +265,10 @@ def test_validation():
     bad("64", a0=lambda a: a[0][:, :32])  # t with 32 channels
     bad("16", a1=lambda a: a[1][:, :8])  # c3 with 8 channels
     bad("batch", a1=lambda a: torch.cat([a[1], a[1]]))
-    bad("float32", TypeError, a0=lambda a: a[0].double())
-    bad("dtype", TypeError, a1=lambda a: a[1].half())  # c3 dtype != t dtype
-    bad("dtype", TypeError, a2=lambda a: a[2].half())  # fp32 storage needs fp32 wf
-    bad("dtype", TypeError, dtype=torch.float16, a4=lambda a: a[4].float())  # fp16 storage needs fp16 w4
+    bad("float32", InputError, a0=lambda a: a[0].double())
+    bad("dtype", InputError, a1=lambda a: a[1].half())  # c3 dtype != t dtype
+    bad("dtype", InputError, a2=lambda a: a[2].half())  # fp32 storage needs fp32 wf
+    bad("dtype", InputError, dtype=torch.float16, a4=lambda a: a[4].float())  # fp16 storage needs fp16 w4
     bad("on", a0=lambda a: a[0].to("meta"))
     bad("do not fit", a7=1)
     bad("do not fit", a7=-1)

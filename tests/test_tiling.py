@@ -117,7 +117,7 @@ def test_fused_fp16_within_contract(ref_models: dict[int, BCRN]) -> None:
 @pytest.mark.slow
 def test_fused_triton_tiled_equals_whole(ref_models: dict[int, BCRN]) -> None:
     """The Triton kernels on tiles (interpreter on the CPU: one tiny image, 2 x 2 tiles)."""
-    from bcrn_fast.ops._common import triton_can_run
+    from bcrn_fast.ops.backends import triton_can_run
 
     if not triton_can_run(torch.device("cpu")):
         pytest.skip("Triton cannot run on the CPU here (needs TRITON_INTERPRET=1)")

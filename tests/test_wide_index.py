@@ -21,7 +21,7 @@ from collections import Counter
 import pytest
 import torch
 
-from bcrn_fast.ops import _common
+from bcrn_fast.ops import _common, backends
 from bcrn_fast.ops.bsconv import bsconv_triton
 from bcrn_fast.ops.cca import pack_cca
 from bcrn_fast.ops.esa import esa_apply_triton, esa_pool_triton, pack_esa
@@ -29,7 +29,7 @@ from tests import test_op_bsconv as tb
 from tests import test_op_esa as te
 from tests.utils import assert_close_to_ref, guarded
 
-HAS_TRITON = _common.triton_can_run(torch.device(tb.DEVICE))
+HAS_TRITON = backends.triton_can_run(torch.device(tb.DEVICE))
 needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="Triton needs CUDA or TRITON_INTERPRET=1")
 
 KERNELS = {
@@ -108,7 +108,7 @@ def test_bcrn_fused_4k_picks_wide_index_without_allocating(monkeypatch):
 
     log: list = []
     _spy(monkeypatch, log, forward=False)
-    monkeypatch.setattr(_common, "AOT_RECORDING", True)  # let backend="triton" accept non-CUDA tensors
+    monkeypatch.setattr(backends, "_recording", True)  # let backend="triton" accept non-CUDA tensors
     monkeypatch.setattr(torch.ops, "bcrn_fast", DirectOps())
     model = BCRNFused(2, backend="triton").half().to("meta")
     with torch.inference_mode():

@@ -1,10 +1,10 @@
 """The stated byte/FLOP model and the roofline floor every benchmark row is held to.
 
-Two numbers to beat (docs: kernel-design.md), for an input of ``P = N·H·W``
+Two numbers to beat (docs/design.md), for an input of ``P = N·H·W``
 LR pixels:
 
 - **FLOPs** = 2 × multiply-adds of every convolution, counted from the
-  architecture (bcrn-architecture.md): ≈ 272 K MACs per LR pixel at x4. The
+  architecture (docs/design.md): ≈ 272 K MACs per LR pixel at x4. The
   elementwise work (GELU, sigmoid, pooling, bilinear, CCA reductions) is not
   counted; it is < 1 % of the arithmetic.
 - **bytes** = the fewest bytes the fully fused design of docs/fused-ops.md
@@ -12,7 +12,7 @@ LR pixels:
   per consumer, nothing re-read through a cache, the concat never
   materialised, CCA scales applied on load, plus the weights once. That is
   ≈ 416 elements per LR pixel per BCB (≈ 0.8 KB in fp16, the "order of 1 KB"
-  of kernel-design.md) and ≈ 3.2 K elements per LR pixel for the whole x4
+  of docs/design.md) and ≈ 3.2 K elements per LR pixel for the whole x4
   model. The element size is the storage dtype (fp32: 4 B, fp16/bf16: 2 B).
 
 The floor is ``max(FLOPs / peak FLOP/s, bytes / peak bandwidth)`` with the

@@ -126,20 +126,20 @@ def _fused_module() -> Any:
 def fused_backend_unavailable(backend: str, device: torch.device) -> str | None:
     """Why the fused ``backend`` cannot run on ``device`` (None when it can).
 
-    The one real check: :func:`bcrn_fast.ops._common.resolve_backend`, the
+    The one real check: :func:`bcrn_fast.ops.backends.resolve_backend`, the
     function every fused module calls, whose ``BackendUnavailable`` message
     says why (e.g. the CUDA extension's import error).
     """
     try:
         _fused_module()
-        from bcrn_fast.ops import _common
+        from bcrn_fast.ops import backends
     except Exception as exc:  # ImportError, or an op module that fails at import
         return f"bcrn_fast.fused is not importable: {type(exc).__name__}: {exc}"
     if backend == "triton" and device.type != "cuda":
         return "Triton kernels need a CUDA device (the interpreter is for tests, not timing)"
     try:
-        _common.resolve_backend(backend, device)
-    except (_common.BackendUnavailable, ValueError) as exc:
+        backends.resolve_backend(backend, device)
+    except (backends.BackendUnavailable, ValueError) as exc:
         return str(exc)
     return None
 

@@ -14,7 +14,8 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from bcrn_fast.ops._common import BACKENDS, check_precision, resolve_backend
+from bcrn_fast.ops._common import check_precision
+from bcrn_fast.ops.backends import BACKENDS, resolve_backend
 
 M = TypeVar("M", bound="FusedMixin")
 

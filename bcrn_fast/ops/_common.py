@@ -1,13 +1,13 @@
-"""Helpers shared by the fused operators: backends, precision, launch settings."""
+"""Helpers shared by the fused operators: dtypes, checks, launch geometry (a leaf: imports no op module)."""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable
+import contextlib
 
 import torch
 
-BACKENDS = ("auto", "triton", "torch", "cuda")
+from bcrn_fast.validation import InputError
+
 PRECISIONS = ("ieee", "tf32")
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -16,78 +16,9 @@ KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 ACT_NONE, ACT_RELU, ACT_GELU = 0, 1, 2
 
 
-# Set by bcrn_fast.aot while it records launches to compile them ahead of time.
-AOT_RECORDING = False
-
-
-class BackendUnavailable(RuntimeError):
-    """An explicitly requested backend cannot run on this device / installation."""
-
-
-def interpreter_enabled() -> bool:
-    """True when Triton runs kernels on the CPU through its interpreter."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
-def triton_available() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def triton_can_run(device: torch.device) -> bool:
-    """Whether the Triton kernels can execute on tensors of ``device``."""
-    if not triton_available():
-        return False
-    if device.type == "cuda" or AOT_RECORDING:
-        return True
-    return device.type == "cpu" and interpreter_enabled()
-
-
-def resolve_backend(backend: str, device: torch.device) -> str:
-    """Map ``auto`` to a concrete backend and check an explicit choice can run."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "auto":
-        return "triton" if device.type == "cuda" and triton_available() else "torch"
-    if backend == "triton" and not triton_can_run(device):
-        raise BackendUnavailable(
-            f"backend='triton' cannot run on {device}: Triton needs a CUDA device, "
-            "or TRITON_INTERPRET=1 for CPU tensors (interpreter, for testing)"
-        )
-    if backend == "cuda":
-        from bcrn_fast.ops import cuda_ext
-
-        if AOT_RECORDING:
-            return "triton"  # the AOT harness compiles Triton kernels only
-        if not (device.type == "cuda" and cuda_ext.available()) and not (device.type == "cpu" and cuda_ext.emulating()):
-            reason = cuda_ext.import_error() or f"tensors are on {device}, not a CUDA device"
-            raise BackendUnavailable(f"backend='cuda' cannot run: {reason}")
-    return backend
-
-
-def pick_impl(op: str, backend: str, triton: Callable, torch_impl: Callable, cuda: str | None = None) -> Callable:
-    """The implementation of ``op`` for a resolved op-level ``backend``.
-
-    ``cuda`` names the function of :mod:`bcrn_fast.ops.cuda_ext` for ops with a
-    CUDA kernel; ops without one run their Triton kernel under ``"cuda"``.
-    """
-    if backend == "cuda" and cuda is not None:
-        from bcrn_fast.ops import cuda_ext
-
-        return getattr(cuda_ext, cuda)
-    if backend in ("cuda", "triton"):
-        return triton
-    if backend == "torch":
-        return torch_impl
-    raise ValueError(f"bcrn_fast::{op}: backend must be 'cuda', 'triton' or 'torch', got {backend!r}")
-
-
 def check_precision(precision: str) -> str:
     if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS} (fp32 dots), got {precision!r}")
+        raise InputError(f"precision must be one of {PRECISIONS} (fp32 dots), got {precision!r}")
     return precision
 
 
@@ -98,13 +29,18 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def check_kernel_dtype(x: torch.Tensor, name: str = "input") -> None:
     if x.dtype not in KERNEL_DTYPES:
-        raise TypeError(f"{name}: fused kernels take float32, float16 or bfloat16, got {x.dtype}")
+        raise InputError(f"{name}: fused kernels take float32, float16 or bfloat16, got {x.dtype}")
 
 
-def check_tensor(t: torch.Tensor, name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> None:
-    """Check an op argument's type, exact shape, dtype and device (metadata only)."""
-    from bcrn_fast.validation import InputError
-
+def check_tensor(
+    t: torch.Tensor,
+    name: str,
+    shape: tuple[int, ...],
+    dtype: torch.dtype,
+    device: torch.device,
+    contiguous: bool = False,
+) -> None:
+    """Check an op argument's type, exact shape, dtype and device (metadata only); optionally contiguity."""
     if not isinstance(t, torch.Tensor):
         raise InputError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
     if tuple(t.shape) != tuple(shape):
@@ -116,6 +52,36 @@ def check_tensor(t: torch.Tensor, name: str, shape: tuple[int, ...], dtype: torc
         )
     if t.device != device:
         raise InputError(f"{name} is on {t.device} but the input is on {device}; move them to one device")
+    if contiguous and not t.is_contiguous():
+        raise InputError(f"{name}: expected a contiguous tensor (strides {t.stride()}); use the pack_* functions")
+
+
+def check_map(x: torch.Tensor, channels: int, name: str, min_size: int = 1, why: str = "") -> None:
+    """``x`` is a ``[N, channels, H, W]`` fp32/fp16/bf16 map with N >= 1 and H, W >= ``min_size``."""
+    if not isinstance(x, torch.Tensor):
+        raise InputError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 4 or x.shape[1] != channels:
+        raise InputError(f"{name}: expected shape [N, {channels}, H, W], got {tuple(x.shape)}")
+    check_kernel_dtype(x, name)
+    if x.shape[0] == 0:
+        raise InputError(f"{name}: empty batch (shape {tuple(x.shape)})")
+    if x.shape[2] < min_size or x.shape[3] < min_size:
+        raise InputError(
+            f"{name}: spatial size {x.shape[2]}x{x.shape[3]} is below the minimum {min_size}x{min_size}"
+            + (f" ({why})" if why else "")
+        )
+
+
+def cdiv(a: int, b: int) -> int:
+    """``ceil(a / b)`` for positive ints."""
+    return (a + b - 1) // b
+
+
+def device_guard(x: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Launch on ``x``'s CUDA device (Triton uses the current device and stream); no-op on the CPU."""
+    if x.device.type == "cuda":
+        return torch.cuda.device(x.device)
+    return contextlib.nullcontext()
 
 
 def empty_nhwc(n: int, c: int, h: int, w: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:

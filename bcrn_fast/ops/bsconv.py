@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bcrn_fast.ops import _common
+from bcrn_fast.ops import _common, backends, cuda_ext
 from bcrn_fast.validation import InputError
 
 __all__ = [
@@ -319,15 +319,18 @@ def bsconv_triton(
     precision: str = "ieee",
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Launch the fused Triton kernel (one launch); ``out`` (optional) is written in place."""
+    """Launch the fused Triton kernel (one launch); ``out`` (optional) is written in place.
+
+    The arguments are checked once by the entry point (:func:`check_bsconv_args`); only ``out`` is checked here.
+    """
     import triton
 
     from bcrn_fast.kernels.bsconv import bsconv_kernel
 
-    shape = check_bsconv_args(x, pw_t, dw, bias, in_scale, residual, ksize, stride, padding, act, shuffle, precision)
     if out is None:
         out = _alloc_out(x, pw_t.shape[1], ksize, stride, padding, shuffle)
     else:
+        shape = _out_shape(x, pw_t.shape[1], ksize, stride, padding, shuffle)
         _common.check_tensor(out, "out", shape, x.dtype, x.device)
     n, cin, h, w = x.shape
     cout = pw_t.shape[1]
@@ -346,18 +349,23 @@ def bsconv_triton(
     res = residual if residual is not None else out  # dummy pointer, never read
     # fp32 operands honour `precision`; for half operands it is ignored (tf32 = Triton's default)
     dot_precision = precision if x.dtype == torch.float32 else "tf32"
-    bsconv_kernel[grid](
-        x, s, pw_t, dw, bias, res, out,
-        cin, cout, h, w, ho, wo,
-        *x.stride(), *s_strides, *res.stride(), *out.stride(),
-        KSIZE=ksize, STRIDE=stride, PAD=padding, ACT=act, SHUFFLE=max(shuffle, 1),
-        HAS_SCALE=in_scale is not None, HAS_RES=residual is not None,
-        BLOCK_P=block_p, BLOCK_K=block_k, COUT_PAD=cout_pad, PRECISION=dot_precision,
-        DOT_IN_FP32=_common.interpreter_enabled() and x.dtype == torch.bfloat16,
-        WIDE_INDEX=wide_index,
-        num_warps=num_warps, num_stages=num_stages,
-    )  # fmt: skip
+    with _common.device_guard(x):  # launch on x's GPU, not the current one
+        bsconv_kernel[grid](
+            x, s, pw_t, dw, bias, res, out,
+            cin, cout, h, w, ho, wo,
+            *x.stride(), *s_strides, *res.stride(), *out.stride(),
+            KSIZE=ksize, STRIDE=stride, PAD=padding, ACT=act, SHUFFLE=max(shuffle, 1),
+            HAS_SCALE=in_scale is not None, HAS_RES=residual is not None,
+            BLOCK_P=block_p, BLOCK_K=block_k, COUT_PAD=cout_pad, PRECISION=dot_precision,
+            DOT_IN_FP32=backends.interpreter_enabled() and x.dtype == torch.bfloat16,
+            WIDE_INDEX=wide_index,
+            num_warps=num_warps, num_stages=num_stages,
+        )  # fmt: skip
     return out
+
+
+# The backends of bcrn_fast::bsconv, keyed by concrete backend name; one signature.
+BSCONV_IMPLS = {"torch": bsconv_torch, "triton": bsconv_triton, "cuda": cuda_ext.bsconv}
 
 
 # --------------------------------------------------------------------------- custom op
@@ -380,8 +388,8 @@ def bsconv_op(
     backend: str,
 ) -> torch.Tensor:
     """``bcrn_fast::bsconv``: dispatch to the ``"cuda"``, ``"triton"`` or ``"torch"`` backend."""
-    impl = _common.pick_impl("bsconv", backend, bsconv_triton, bsconv_torch, cuda="bsconv")
-    return impl(x, pw_t, dw, bias, in_scale, residual, ksize, stride, padding, act, shuffle, precision)
+    backends.check_backend_name(backend, backends.CONCRETE)
+    return BSCONV_IMPLS[backend](x, pw_t, dw, bias, in_scale, residual, ksize, stride, padding, act, shuffle, precision)
 
 
 @bsconv_op.register_fake
@@ -417,7 +425,7 @@ def bsconv(
         residual: optional tensor of the output's shape and x's dtype, added last.
         padding: defaults to ``(ksize - 1) // 2``.
         act: 0 none, 1 relu, 2 exact GELU. shuffle: pixel-shuffle factor (0 = none).
-        precision: ``"ieee"`` or ``"tf32"`` fp32 dots. backend: ``"auto"``, ``"triton"``, ``"torch"``.
+        precision: ``"ieee"`` or ``"tf32"`` fp32 dots. backend: ``"auto"``, ``"triton"``, ``"torch"``, ``"cuda"``.
 
     Returns ``[N, Cout, Ho, Wo]`` channels-last, or ``[N, Cout/r², r·Ho, r·Wo]``
     NCHW-contiguous when ``shuffle = r > 1``; dtype of ``x``.
@@ -425,7 +433,7 @@ def bsconv(
     if padding is None:
         padding = (ksize - 1) // 2
     check_bsconv_args(x, pw_t, dw, bias, in_scale, residual, ksize, stride, padding, act, shuffle, precision)
-    backend = _common.resolve_backend(backend, x.device)
+    backend = backends.resolve_backend(backend, x.device)
     return torch.ops.bcrn_fast.bsconv(
         x, pw_t, dw, bias, in_scale, residual, ksize, stride, padding, act, shuffle, precision, backend
     )

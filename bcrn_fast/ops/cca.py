@@ -13,13 +13,12 @@ no GEMM, so it stays fp32 for every storage dtype).
 
 from __future__ import annotations
 
-import contextlib
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-from bcrn_fast.ops import _common
+from bcrn_fast.ops import _common, backends, cuda_ext
 from bcrn_fast.validation import InputError
 
 CHANNELS = 64  # C: the main feature width
@@ -83,7 +82,7 @@ def check_param(
     if tuple(p.shape) != shape:
         raise InputError(f"{name}: expected shape {list(shape)}, got {list(p.shape)}")
     if p.dtype != dtype:
-        raise TypeError(f"{name}: expected dtype {dtype}, got {p.dtype} (use the pack_* functions)")
+        raise InputError(f"{name}: expected dtype {dtype}, got {p.dtype} (use the pack_* functions)")
     if p.device != device:
         raise InputError(f"{name} is on {p.device} but the activations are on {device}")
     if contiguous and not p.is_contiguous():
@@ -96,15 +95,9 @@ def check_cca_weights(w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, device: to
         check_param(p, shape, torch.float32, device, f"cca {name}")
 
 
-def check_backend_name(backend: str) -> None:
-    if backend not in ("cuda", "triton", "torch"):
-        raise ValueError(f"backend must be 'cuda', 'triton' or 'torch' at the op level, got {backend!r}")
-
-
-def check_backend(backend: str, device: torch.device) -> str:
-    """The op-level backend, checked to be runnable on ``device``."""
-    check_backend_name(backend)
-    return _common.resolve_backend(backend, device)
+def check_op_backend(backend: str, device: torch.device) -> str:
+    """An op-level (concrete) backend, checked to be runnable on ``device``."""
+    return backends.resolve_backend(backends.check_backend_name(backend, backends.CONCRETE), device)
 
 
 def _check_cca_scale(x, w1, b1, w2, b2) -> None:
@@ -169,9 +162,9 @@ def merge_group(tiles: int, block_t: int = MERGE_BLOCK) -> int:
     960x540 at BLOCK_P 128: T = 4050 -> G = 64, NG = 64: 2 + 2 = 4 steps (one level: 127).
     """
     best, best_steps = block_t, None
-    for k in range(1, _cdiv(tiles, block_t) + 1):
+    for k in range(1, _common.cdiv(tiles, block_t) + 1):
         g = k * block_t
-        steps = k + _cdiv(_cdiv(tiles, g), block_t)
+        steps = k + _common.cdiv(_common.cdiv(tiles, g), block_t)
         if best_steps is None or steps < best_steps:
             best, best_steps = g, steps
         if k > best_steps:  # the group merge alone already takes longer
@@ -181,7 +174,7 @@ def merge_group(tiles: int, block_t: int = MERGE_BLOCK) -> int:
 
 def merge_steps(tiles: int, group: int, block_t: int = MERGE_BLOCK) -> int:
     """Dependent merge steps of the two-level tree: the group merge, then the merge of the group partials."""
-    return _cdiv(min(group, tiles), block_t) + _cdiv(_cdiv(tiles, group), block_t)
+    return _common.cdiv(min(group, tiles), block_t) + _common.cdiv(_common.cdiv(tiles, group), block_t)
 
 
 def check_pixels(hw: int, name: str) -> None:
@@ -196,7 +189,7 @@ def cca_workspace(n: int, tiles: int, device: torch.device, group: int | None = 
     fp32 partials: ``[N, T, 2, C]`` per tile, then ``[N, NG, 2, C]`` per group, flat;
     zeroed int32 counters: ``[N]`` per image, then ``[N, NG]`` per group (``NG = cdiv(T, group)``).
     """
-    groups = _cdiv(tiles, group or merge_group(tiles))
+    groups = _common.cdiv(tiles, group or merge_group(tiles))
     ws = torch.empty((n * (tiles + groups) * 2 * CHANNELS,), dtype=torch.float32, device=device)
     cnt = torch.zeros((n * (1 + groups),), dtype=torch.int32, device=device)
     return ws, cnt
@@ -221,11 +214,11 @@ def cca_scale_triton(
     bp, warps = launch_settings(hw, c)
     bp = block_p or bp
     bt = block_t or MERGE_BLOCK
-    tiles = _cdiv(hw, bp)
+    tiles = _common.cdiv(hw, bp)
     g = group or merge_group(tiles, bt)
     s = torch.empty((n, c), dtype=torch.float32, device=x.device)
     ws, cnt = cca_workspace(n, tiles, x.device, g)
-    with _device_guard(x):
+    with _common.device_guard(x):
         cca_scale_kernel[(tiles, n)](
             x, w1, b1, w2, b2, s, ws, cnt,
             w, hw, tiles, g, n,
@@ -243,8 +236,8 @@ def channel_scale_triton(x: Tensor, s: Tensor) -> Tensor:
     hw = h * w
     bp, warps = launch_settings(hw, c)
     y = _common.empty_nhwc(n, c, h, w, x.dtype, x.device)
-    with _device_guard(x):
-        channel_scale_kernel[(_cdiv(hw, bp), n)](
+    with _common.device_guard(x):
+        channel_scale_kernel[(_common.cdiv(hw, bp), n)](
             x, s, y,
             w, hw,
             *x.stride(), *s.stride(), *y.stride(),
@@ -254,15 +247,10 @@ def channel_scale_triton(x: Tensor, s: Tensor) -> Tensor:
     return y
 
 
-def _cdiv(a: int, b: int) -> int:
-    return (a + b - 1) // b
-
-
-def _device_guard(x: Tensor):
-    """Launch on ``x``'s CUDA device (Triton uses the current device and stream)."""
-    if x.device.type == "cuda":
-        return torch.cuda.device(x.device)
-    return contextlib.nullcontext()
+# One implementation per concrete backend, one signature per table. channel_scale has
+# no CUDA kernel: under "cuda" it runs its Triton kernel.
+CCA_SCALE_IMPLS = {"torch": cca_scale_torch, "triton": cca_scale_triton, "cuda": cuda_ext.cca_scale}
+CHANNEL_SCALE_IMPLS = {"torch": channel_scale_torch, "triton": channel_scale_triton, "cuda": channel_scale_triton}
 
 
 # ----------------------------------------------------------------------------- registered ops
@@ -272,15 +260,12 @@ def _device_guard(x: Tensor):
 def cca_scale_op(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, backend: str) -> Tensor:
     """``s[n, c] = σ(W2ᵀ·relu(W1ᵀ·(mean + std)(x[n]) + b1) + b2)``, fp32 ``[N, 64]``."""
     _check_cca_scale(x, w1, b1, w2, b2)
-    impl = _common.pick_impl(
-        "cca_scale", check_backend(backend, x.device), cca_scale_triton, cca_scale_torch, cuda="cca_scale"
-    )
-    return impl(x, w1, b1, w2, b2)
+    return CCA_SCALE_IMPLS[check_op_backend(backend, x.device)](x, w1, b1, w2, b2)
 
 
 @cca_scale_op.register_fake
 def _cca_scale_fake(x, w1, b1, w2, b2, backend):
-    check_backend_name(backend)
+    backends.check_backend_name(backend, backends.CONCRETE)
     _check_cca_scale(x, w1, b1, w2, b2)
     return x.new_empty((x.shape[0], x.shape[1]), dtype=torch.float32)
 
@@ -289,15 +274,12 @@ def _cca_scale_fake(x, w1, b1, w2, b2, backend):
 def channel_scale_op(x: Tensor, s: Tensor, backend: str) -> Tensor:
     """``y = x ⊙ s[n, c]`` in x's dtype, channels-last."""
     _check_channel_scale(x, s)
-    impl = _common.pick_impl(
-        "channel_scale", check_backend(backend, x.device), channel_scale_triton, channel_scale_torch
-    )
-    return impl(x, s)
+    return CHANNEL_SCALE_IMPLS[check_op_backend(backend, x.device)](x, s)
 
 
 @channel_scale_op.register_fake
 def _channel_scale_fake(x, s, backend):
-    check_backend_name(backend)
+    backends.check_backend_name(backend, backends.CONCRETE)
     _check_channel_scale(x, s)
     n, c, h, w = x.shape
     return _common.empty_nhwc(n, c, h, w, x.dtype, x.device)
@@ -308,10 +290,10 @@ def _channel_scale_fake(x, s, backend):
 
 def cca_scale(x: Tensor, pack: CCAWeights, backend: str = "auto") -> Tensor:
     """``bcrn_fast::cca_scale`` with the weights of a :class:`CCAWeights` (``backend="auto"`` resolved)."""
-    backend = _common.resolve_backend(backend, x.device)
+    backend = backends.resolve_backend(backend, x.device)
     return torch.ops.bcrn_fast.cca_scale(x, pack.w1, pack.b1, pack.w2, pack.b2, backend)
 
 
 def channel_scale(x: Tensor, s: Tensor, backend: str = "auto") -> Tensor:
     """``bcrn_fast::channel_scale``: ``x ⊙ s[n, c]`` (``backend="auto"`` resolved)."""
-    return torch.ops.bcrn_fast.channel_scale(x, s, _common.resolve_backend(backend, x.device))
+    return torch.ops.bcrn_fast.channel_scale(x, s, backends.resolve_backend(backend, x.device))

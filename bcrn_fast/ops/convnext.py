@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bcrn_fast.ops import _common
+from bcrn_fast.ops import _common, backends, cuda_ext
 from bcrn_fast.validation import InputError
 
 __all__ = [
@@ -263,12 +263,14 @@ def convnext_triton(
     out: torch.Tensor | None = None,
     out_a: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Launch the fused Triton kernel (one launch); ``out``/``out_a`` (optional) are written in place."""
+    """Launch the fused Triton kernel (one launch); ``out``/``out_a`` (optional) are written in place.
+
+    The arguments are checked once by the entry point (:func:`check_convnext_args`); only ``out``/``out_a`` here.
+    """
     import triton
 
     from bcrn_fast.kernels.convnext import convnext_kernel
 
-    check_convnext_args(t, dw, bd, w1, b1, w2, b2, esa_a, esa_b, precision)
     y, a = _alloc_outs(t, esa_a)
     if out is not None:
         _common.check_tensor(out, "out", tuple(t.shape), t.dtype, t.device)
@@ -293,17 +295,22 @@ def convnext_triton(
     block_p, num_warps = _launch_config(h * w, t.dtype, precision, wide_index)
     grid = (triton.cdiv(h * w, block_p), n)
     dot_precision = precision if t.dtype == torch.float32 else "tf32"  # ignored for half operands
-    convnext_kernel[grid](
-        t, dw, bd, w1, b1, w2, b2, aw, ab, y, a_arg,
-        c, hid, e, h, w,
-        *t.stride(), *y.stride(), *a_arg.stride(),
-        HAS_ESA=has_esa, BLOCK_P=block_p, C_PAD=c_pad, HID_BLOCK=hid_block,
-        E_PAD=_common.next_pow2(e), PRECISION=dot_precision,
-        DOT_IN_FP32=_common.interpreter_enabled() and t.dtype == torch.bfloat16,
-        WIDE_INDEX=wide_index,
-        num_warps=num_warps,
-    )  # fmt: skip
+    with _common.device_guard(t):  # launch on t's GPU, not the current one
+        convnext_kernel[grid](
+            t, dw, bd, w1, b1, w2, b2, aw, ab, y, a_arg,
+            c, hid, e, h, w,
+            *t.stride(), *y.stride(), *a_arg.stride(),
+            HAS_ESA=has_esa, BLOCK_P=block_p, C_PAD=c_pad, HID_BLOCK=hid_block,
+            E_PAD=_common.next_pow2(e), PRECISION=dot_precision,
+            DOT_IN_FP32=backends.interpreter_enabled() and t.dtype == torch.bfloat16,
+            WIDE_INDEX=wide_index,
+            num_warps=num_warps,
+        )  # fmt: skip
     return y, a
+
+
+# The backends of bcrn_fast::convnext, keyed by concrete backend name; one signature.
+CONVNEXT_IMPLS = {"torch": convnext_torch, "triton": convnext_triton, "cuda": cuda_ext.convnext}
 
 
 # --------------------------------------------------------------------------- custom op
@@ -324,8 +331,8 @@ def convnext_op(
     backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``bcrn_fast::convnext``: dispatch to the ``"cuda"``, ``"triton"`` or ``"torch"`` backend."""
-    impl = _common.pick_impl("convnext", backend, convnext_triton, convnext_torch, cuda="convnext")
-    return impl(t, dw, bd, w1, b1, w2, b2, esa_a, esa_b, precision)
+    backends.check_backend_name(backend, backends.CONCRETE)
+    return CONVNEXT_IMPLS[backend](t, dw, bd, w1, b1, w2, b2, esa_a, esa_b, precision)
 
 
 @convnext_op.register_fake
@@ -356,13 +363,13 @@ def convnext(
         dw ``[9, C]``, bd ``[C]``, b1 ``[HID]``, b2 ``[C]``: fp32.
         w1 ``[C, HID]``, w2 ``[HID, C]``: transposed 1x1 weights in the compute dtype.
         esa_a ``[C, E]`` (compute dtype), esa_b ``[E]`` (fp32): optional ESA pre-map epilogue.
-        precision: ``"ieee"`` or ``"tf32"`` fp32 dots. backend: ``"auto"``, ``"triton"``, ``"torch"``.
+        precision: ``"ieee"`` or ``"tf32"`` fp32 dots. backend: ``"auto"``, ``"triton"``, ``"torch"``, ``"cuda"``.
 
     Returns ``(y, a)``: ``y`` ``[N, C, H, W]`` channels-last in t's dtype; ``a``
     ``[N, E, H, W]`` channels-last, or an empty tensor without the epilogue.
     """
     check_convnext_args(t, dw, bd, w1, b1, w2, b2, esa_a, esa_b, precision)
-    backend = _common.resolve_backend(backend, t.device)
+    backend = backends.resolve_backend(backend, t.device)
     return torch.ops.bcrn_fast.convnext(t, dw, bd, w1, b1, w2, b2, esa_a, esa_b, precision, backend)
 
 

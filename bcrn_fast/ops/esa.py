@@ -22,21 +22,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bcrn_fast.ops import _common
+from bcrn_fast.ops import _common, backends
 from bcrn_fast.ops.cca import (
     CHANNELS,
     MERGE_BLOCK,
     SQUEEZE,
     CCAWeights,
-    _cdiv,
-    _device_guard,
     _fold_bsconv_1x1,
     cca_from_stats,
     cca_workspace,
-    check_backend,
-    check_backend_name,
     check_cca_weights,
     check_map,
+    check_op_backend,
     check_param,
     check_pixels,
     launch_settings,
@@ -123,7 +120,7 @@ def _check_esa_apply(t, c3, wf, bf, w4, b4, out, out_offset, w1, b1, w2, b2, pre
     check_param(b4, (c,), torch.float32, t.device, "esa_apply b4")
     for x, name in ((c3, "c3"), (out, "out")):
         if x.dtype != t.dtype:
-            raise TypeError(f"esa_apply {name}: dtype {x.dtype} != t's dtype {t.dtype}")
+            raise InputError(f"esa_apply {name}: dtype {x.dtype} != t's dtype {t.dtype}")
         if x.device != t.device:
             raise InputError(f"esa_apply {name} is on {x.device} but t is on {t.device}")
     if out.dim() != 4 or out.shape[0] != n or tuple(out.shape[2:]) != (h, w):
@@ -177,8 +174,8 @@ def esa_pool_triton(a: Tensor, dw: Tensor, b: Tensor) -> Tensor:
     n, f, h, w = a.shape
     hp, wp = pooled_size(h, w)
     v = _common.empty_nhwc(n, f, hp, wp, a.dtype, a.device)
-    with _device_guard(a):
-        esa_pool_kernel[(_cdiv(hp * wp, POOL_BLOCK), n)](
+    with _common.device_guard(a):
+        esa_pool_kernel[(_common.cdiv(hp * wp, POOL_BLOCK), n)](
             a, dw, b, v,
             wp, hp * wp,
             *a.stride(), *v.stride(),
@@ -200,7 +197,7 @@ def esa_apply_triton(
     bp, warps = launch_settings(hw, c, fma_dots=t.dtype == torch.float32 and precision == "ieee")
     bp = block_p or bp
     bt = block_t or MERGE_BLOCK
-    tiles = _cdiv(hw, bp)
+    tiles = _common.cdiv(hw, bp)
     u = out.narrow(1, out_offset, c)  # a view: the kernel writes the slice in place
     has_cca = w1 is not None
     if has_cca:
@@ -212,7 +209,7 @@ def esa_apply_triton(
         g = MERGE_BLOCK
         s = t.new_empty((0,), dtype=torch.float32)
         w1 = b1 = w2 = b2 = ws = cnt = bf
-    with _device_guard(t):
+    with _common.device_guard(t):
         esa_apply_kernel[(tiles, n)](
             t, c3, wf, bf, w4, b4, u,
             w1, b1, w2, b2, s if has_cca else bf, ws, cnt,
@@ -222,12 +219,18 @@ def esa_apply_triton(
             HAS_CCA=has_cca,
             # Triton 3.9's interpreter multiplies bf16 dot operands as raw uint16 bits
             # (triton-lang/triton#11584); bf16 -> fp32 is exact, so numerics match the GPU path.
-            DOT_IN_FP32=_common.interpreter_enabled() and t.dtype == torch.bfloat16,
+            DOT_IN_FP32=backends.interpreter_enabled() and t.dtype == torch.bfloat16,
             INPUT_PRECISION=precision if t.dtype == torch.float32 else "tf32",  # ignored for half operands
             WIDE_INDEX=_common.needs_wide_index(t, c3, u),
             num_warps=warps,
         )  # fmt: skip
     return s
+
+
+# One implementation per concrete backend, one signature per table. ESA has no CUDA
+# kernels: under "cuda" its ops run on Triton.
+ESA_POOL_IMPLS = {"torch": esa_pool_torch, "triton": esa_pool_triton, "cuda": esa_pool_triton}
+ESA_APPLY_IMPLS = {"torch": esa_apply_torch, "triton": esa_apply_triton, "cuda": esa_apply_triton}
 
 
 # ----------------------------------------------------------------------------- registered ops
@@ -237,13 +240,12 @@ def esa_apply_triton(
 def esa_pool_op(a: Tensor, dw: Tensor, b: Tensor, backend: str) -> Tensor:
     """``v = maxpool_{7,3}(b + Σ_tap dw[tap] ⊙ a[2p + tap])``: ``[N, 16, Hp, Wp]`` channels-last."""
     _check_esa_pool(a, dw, b)
-    impl = _common.pick_impl("esa_pool", check_backend(backend, a.device), esa_pool_triton, esa_pool_torch)
-    return impl(a, dw, b)
+    return ESA_POOL_IMPLS[check_op_backend(backend, a.device)](a, dw, b)
 
 
 @esa_pool_op.register_fake
 def _esa_pool_fake(a, dw, b, backend):
-    check_backend_name(backend)
+    backends.check_backend_name(backend, backends.CONCRETE)
     _check_esa_pool(a, dw, b)
     hp, wp = pooled_size(a.shape[2], a.shape[3])
     return _common.empty_nhwc(a.shape[0], a.shape[1], hp, wp, a.dtype, a.device)
@@ -272,13 +274,13 @@ def esa_apply_op(
     are given (one launch), else an empty ``[0]`` fp32 tensor.
     """
     _check_esa_apply(t, c3, wf, bf, w4, b4, out, out_offset, w1, b1, w2, b2, precision)
-    impl = _common.pick_impl("esa_apply", check_backend(backend, t.device), esa_apply_triton, esa_apply_torch)
+    impl = ESA_APPLY_IMPLS[check_op_backend(backend, t.device)]
     return impl(t, c3, wf, bf, w4, b4, out, out_offset, w1, b1, w2, b2, precision)
 
 
 @esa_apply_op.register_fake
 def _esa_apply_fake(t, c3, wf, bf, w4, b4, out, out_offset, w1, b1, w2, b2, backend, precision="ieee"):
-    check_backend_name(backend)
+    backends.check_backend_name(backend, backends.CONCRETE)
     _check_esa_apply(t, c3, wf, bf, w4, b4, out, out_offset, w1, b1, w2, b2, precision)
     if w1 is None:
         return t.new_empty((0,), dtype=torch.float32)
@@ -290,7 +292,7 @@ def _esa_apply_fake(t, c3, wf, bf, w4, b4, out, out_offset, w1, b1, w2, b2, back
 
 def esa_pool(a: Tensor, pack: ESAWeights, backend: str = "auto") -> Tensor:
     """``bcrn_fast::esa_pool`` with the taps of an :class:`ESAWeights` (``backend="auto"`` resolved)."""
-    return torch.ops.bcrn_fast.esa_pool(a, pack.pool_dw, pack.pool_b, _common.resolve_backend(backend, a.device))
+    return torch.ops.bcrn_fast.esa_pool(a, pack.pool_dw, pack.pool_b, backends.resolve_backend(backend, a.device))
 
 
 def esa_apply(
@@ -308,7 +310,7 @@ def esa_apply(
     Returns the CCA scale ``s [N, 64]`` of ``u`` when ``cca`` is given, else an empty tensor.
     """
     w1, b1, w2, b2 = cca if cca is not None else (None,) * 4
-    backend = _common.resolve_backend(backend, t.device)
+    backend = backends.resolve_backend(backend, t.device)
     return torch.ops.bcrn_fast.esa_apply(
         t, c3, pack.wf, pack.bf, pack.w4, pack.b4, out, out_offset, w1, b1, w2, b2, backend, precision
     )
