@@ -57,42 +57,10 @@ def pack_cca(cca) -> CCAWeights:
 # ----------------------------------------------------------------------------- checks
 
 
-def check_map(x: Tensor, channels: int, name: str, min_size: int = 1) -> None:
-    """``x`` is a ``[N, channels, H, W]`` fp32/fp16/bf16 map with N >= 1 and H, W >= ``min_size``."""
-    if not isinstance(x, Tensor):
-        raise InputError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
-    if x.dim() != 4 or x.shape[1] != channels:
-        raise InputError(f"{name}: expected shape [N, {channels}, H, W], got {tuple(x.shape)}")
-    _common.check_kernel_dtype(x, name)
-    if x.shape[0] == 0:
-        raise InputError(f"{name}: empty batch (shape {tuple(x.shape)})")
-    if x.shape[2] < min_size or x.shape[3] < min_size:
-        raise InputError(
-            f"{name}: spatial size {x.shape[2]}x{x.shape[3]} is below the minimum {min_size}x{min_size} "
-            "(ESA's stride-2 3x3 conv followed by a 7x7/3 max-pool needs at least 15x15 pixels)"
-        )
-
-
-def check_param(
-    p: Tensor, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, name: str, contiguous: bool = True
-) -> None:
-    """A packed weight of exactly ``shape``, ``dtype``, on ``device`` (contiguous: kernels index it row-major)."""
-    if not isinstance(p, Tensor):
-        raise InputError(f"{name}: expected a torch.Tensor, got {type(p).__name__}")
-    if tuple(p.shape) != shape:
-        raise InputError(f"{name}: expected shape {list(shape)}, got {list(p.shape)}")
-    if p.dtype != dtype:
-        raise InputError(f"{name}: expected dtype {dtype}, got {p.dtype} (use the pack_* functions)")
-    if p.device != device:
-        raise InputError(f"{name} is on {p.device} but the activations are on {device}")
-    if contiguous and not p.is_contiguous():
-        raise InputError(f"{name}: expected a contiguous tensor (strides {p.stride()}); use the pack_* functions")
-
-
 def check_cca_weights(w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, device: torch.device) -> None:
     c, r = CHANNELS, SQUEEZE
     for p, shape, name in ((w1, (c, r), "w1"), (b1, (r,), "b1"), (w2, (r, c), "w2"), (b2, (c,), "b2")):
-        check_param(p, shape, torch.float32, device, f"cca {name}")
+        _common.check_tensor(p, f"cca {name}", shape, torch.float32, device, contiguous=True)
 
 
 def check_op_backend(backend: str, device: torch.device) -> str:
@@ -101,14 +69,14 @@ def check_op_backend(backend: str, device: torch.device) -> str:
 
 
 def _check_cca_scale(x, w1, b1, w2, b2) -> None:
-    check_map(x, CHANNELS, "cca_scale input")
+    _common.check_map(x, CHANNELS, "cca_scale input")
     check_pixels(x.shape[2] * x.shape[3], "cca_scale input")
     check_cca_weights(w1, b1, w2, b2, x.device)
 
 
 def _check_channel_scale(x, s) -> None:
-    check_map(x, CHANNELS, "channel_scale input")
-    check_param(s, (x.shape[0], CHANNELS), torch.float32, x.device, "channel_scale s", contiguous=False)
+    _common.check_map(x, CHANNELS, "channel_scale input")
+    _common.check_tensor(s, "channel_scale s", (x.shape[0], CHANNELS), torch.float32, x.device)
 
 
 # ----------------------------------------------------------------------------- torch backend

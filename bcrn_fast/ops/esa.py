@@ -32,9 +32,7 @@ from bcrn_fast.ops.cca import (
     cca_from_stats,
     cca_workspace,
     check_cca_weights,
-    check_map,
     check_op_backend,
-    check_param,
     check_pixels,
     launch_settings,
     merge_group,
@@ -43,6 +41,7 @@ from bcrn_fast.validation import InputError
 
 ESA_CHANNELS = 16  # f = 64 / 4
 MIN_SIZE = 15  # stride-2 valid 3x3 (H2 >= 7) then the 7x7/3 pool
+MIN_SIZE_WHY = "ESA's stride-2 3x3 conv followed by a 7x7/3 max-pool needs at least 15x15 pixels"
 # esa_pool: the pooled map is ~HW/36 pixels, so keep programs small and many. The
 # [4 pixels, 64 window slots, 16] fp32 tile compiles (sm_90) to 188 registers at
 # 8 warps, no spills (255 at 4 warps).
@@ -101,23 +100,23 @@ def pooled_size(h: int, w: int) -> tuple[int, int]:
 
 
 def _check_esa_pool(a, dw, b) -> None:
-    check_map(a, ESA_CHANNELS, "esa_pool input", min_size=MIN_SIZE)
-    check_param(dw, (9, ESA_CHANNELS), torch.float32, a.device, "esa_pool dw")
-    check_param(b, (ESA_CHANNELS,), torch.float32, a.device, "esa_pool b")
+    _common.check_map(a, ESA_CHANNELS, "esa_pool input", MIN_SIZE, MIN_SIZE_WHY)
+    _common.check_tensor(dw, "esa_pool dw", (9, ESA_CHANNELS), torch.float32, a.device, contiguous=True)
+    _common.check_tensor(b, "esa_pool b", (ESA_CHANNELS,), torch.float32, a.device, contiguous=True)
 
 
 def _check_esa_apply(t, c3, wf, bf, w4, b4, out, out_offset, w1, b1, w2, b2, precision) -> None:
     c, f = CHANNELS, ESA_CHANNELS
-    check_map(t, c, "esa_apply t", min_size=MIN_SIZE)
-    check_map(c3, f, "esa_apply c3")
+    _common.check_map(t, c, "esa_apply t", MIN_SIZE, MIN_SIZE_WHY)
+    _common.check_map(c3, f, "esa_apply c3")
     n, _, h, w = t.shape
     if c3.shape[0] != n:
         raise InputError(f"esa_apply c3: batch {c3.shape[0]} != t's batch {n}")
     cdt = _common.compute_dtype(t.dtype)
-    check_param(wf, (c, f), cdt, t.device, "esa_apply wf")
-    check_param(bf, (f,), torch.float32, t.device, "esa_apply bf")
-    check_param(w4, (f, c), cdt, t.device, "esa_apply w4")
-    check_param(b4, (c,), torch.float32, t.device, "esa_apply b4")
+    _common.check_tensor(wf, "esa_apply wf", (c, f), cdt, t.device, contiguous=True)
+    _common.check_tensor(bf, "esa_apply bf", (f,), torch.float32, t.device, contiguous=True)
+    _common.check_tensor(w4, "esa_apply w4", (f, c), cdt, t.device, contiguous=True)
+    _common.check_tensor(b4, "esa_apply b4", (c,), torch.float32, t.device, contiguous=True)
     for x, name in ((c3, "c3"), (out, "out")):
         if x.dtype != t.dtype:
             raise InputError(f"esa_apply {name}: dtype {x.dtype} != t's dtype {t.dtype}")
