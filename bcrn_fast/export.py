@@ -81,7 +81,8 @@ OPSET_RANGE = {"torchscript": (11, 21), "dynamo": (18, 23)}
 EXPORTERS = tuple(OPSET_RANGE)
 EXPORT_SIZE = (32, 32)  # sample H, W the graph is traced with; verification uses other sizes
 VERIFY_SHAPES = ((1, 37, 29), (2, 50, 61))  # (N, H, W): odd sizes, a batch of two
-TOLERANCE = {"fp32": 1e-4, "fp16": 5e-3}  # relative Frobenius error vs PyTorch fp32
+from bcrn_fast.tolerances import TOLERANCE  # noqa: E402 (relative Frobenius error vs PyTorch fp32, shared)
+
 INPUT_NAME, OUTPUT_NAME = "input", "output"
 PROG = "bcrn-fast"
 

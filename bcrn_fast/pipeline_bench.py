@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bcrn_fast.benchmarking.timing import sync as _sync
 from bcrn_fast.imageio import read_image, read_image_array, to_uint8, write_png_atomic
 from bcrn_fast.jobs import Job
 from bcrn_fast.model import BCRN
@@ -106,11 +107,6 @@ def _model(scale: int, device: torch.device, weights: str | None) -> BCRN:
         return load_checkpoint(weights, scale, device=device)
     torch.manual_seed(0)
     return BCRN(scale).eval().requires_grad_(False).to(device)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def bench_video(

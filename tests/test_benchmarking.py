@@ -14,6 +14,7 @@ from bcrn_fast.benchmarking import cli, costs, report, timing, variants
 from bcrn_fast.benchmarking.harness import Bench, Case, Options, Row
 from bcrn_fast.benchmarking.targets import TARGETS
 from bcrn_fast.benchmarking.variants import VARIANTS, Prepared, Variant
+from bcrn_fast.tolerances import TOLERANCE
 
 TINY = Case("model", 2, 16, 16, 1, "fp32")  # smallest legal input: fast on any CPU
 
@@ -91,6 +92,15 @@ def test_model_input_is_a_smooth_image():
     assert TARGETS["esa"].make_input(1, 20, 20, seed=0).shape == (1, 64, 20, 20)
 
 
+def test_one_tolerance_table_for_benchmarks_and_export():
+    """The numbers every benchmark row and the ONNX export are verified with (bcrn_fast.tolerances)."""
+    from bcrn_fast import export
+    from bcrn_fast.benchmarking import harness
+
+    assert TOLERANCE == {"fp32": 1e-4, "fp16": 5e-3, "bf16": 2e-2}
+    assert harness.TOLERANCE is export.TOLERANCE is TOLERANCE
+
+
 # ----------------------------------------------------------------------------- timing helpers
 def test_quantiles_and_plan():
     vals = [5.0, 1.0, 3.0, 2.0, 4.0]
@@ -155,7 +165,7 @@ def test_correct_variants_are_verified_then_timed(bench):
     for name in ("eager", "close"):
         row = bench.run_one(TINY, name)
         assert row.status == "OK", row.reason
-        assert row.rel_error <= row.tolerance == 1e-4
+        assert row.rel_error <= row.tolerance == TOLERANCE["fp32"]
         assert row.p20_ms <= row.median_ms <= row.p80_ms
         assert row.compile_s > 0 and row.flops == 2 * costs.model_macs(16, 16, 2)
     assert bench.timer_calls == 2
@@ -210,7 +220,7 @@ def _row(variant, dtype, ms, mem=100.0, **kw):
         variant,
         status="OK",
         rel_error=0.0,
-        tolerance=1e-4,
+        tolerance=TOLERANCE["fp32"],
         median_ms=ms,
         p20_ms=ms * 0.9,
         p80_ms=ms * 1.1,
@@ -241,7 +251,7 @@ def _synthetic_rows():
             status="WRONG",
             reason="relative error 3e-2 > 1e-04",
             rel_error=3e-2,
-            tolerance=1e-4,
+            tolerance=TOLERANCE["fp32"],
         ),
         Row("model", 4, 320, 180, 1, "fp32", "cudagraphs", status="SKIPPED", reason="time budget"),
         _row("eager", "fp16", 8.0, mem=200.0),
@@ -492,7 +502,7 @@ def test_isolated_row_runs_in_a_child_and_matches_the_in_process_result(tmp_path
     seen = []
     rows = run_isolated([_case32()], ["eager", "fused_triton"], opts, on_row=lambda r, done: seen.append(r.status))
     assert [r.variant for r in rows] == ["eager", "fused_triton"]
-    assert rows[0].status == "OK" and rows[0].median_ms > 0 and rows[0].rel_error <= 1e-4
+    assert rows[0].status == "OK" and rows[0].median_ms > 0 and rows[0].rel_error <= TOLERANCE["fp32"]
     assert rows[1].status == "SKIPPED" and "CUDA" in rows[1].reason  # decided in the parent: no child started
     assert seen == ["OK", "SKIPPED"]
 
@@ -555,4 +565,4 @@ def test_onnxruntime_variant_skips_with_its_reason_or_matches_eager(bench):
     if row.status == "SKIPPED":
         assert "onnxruntime" in row.reason or "build_ort_session" in row.reason
     else:
-        assert row.status == "OK" and row.rel_error <= 1e-4, row.reason
+        assert row.status == "OK" and row.rel_error <= TOLERANCE["fp32"], row.reason

@@ -28,7 +28,7 @@ from bcrn_fast.benchmarking.env import collect_environment, device_slug
 from bcrn_fast.benchmarking.harness import DTYPES, Bench, Case, Options, Row
 from bcrn_fast.benchmarking.report import load_report, make_report, markdown, plot, summary_lines, write_report
 from bcrn_fast.benchmarking.targets import MODULE_TARGETS, TARGETS
-from bcrn_fast.benchmarking.variants import ALL_VARIANTS, resolve_variants
+from bcrn_fast.benchmarking.variants import ALL_VARIANTS, expand_names, resolve_variants
 from bcrn_fast.model import MIN_SIZE, SCALES
 
 __all__ = ["add_arguments", "build_cases", "main", "parse_sizes", "run"]
@@ -75,17 +75,11 @@ def _int_list(text: str, name: str) -> list[int]:
 
 
 def _targets(text: str) -> list[str]:
-    out: list[str] = []
-    for item in (s.strip() for s in text.split(",") if s.strip()):
-        if item == "modules":
-            out.extend(MODULE_TARGETS)
-        elif item == "all":
-            out.extend(TARGETS)
-        elif item in TARGETS:
-            out.append(item)
-        else:
-            raise UsageError(f"--targets: unknown {item!r}; choose from {', '.join(TARGETS)}, modules, all")
-    return list(dict.fromkeys(out))
+    unknown = "--targets: unknown {item}; choose from " + ", ".join(TARGETS) + ", modules, all"
+    try:
+        return expand_names(text, TARGETS, {"modules": MODULE_TARGETS, "all": tuple(TARGETS)}, unknown)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -259,15 +253,11 @@ def run(args: argparse.Namespace) -> int:
             print("bcrn-fast: error: bench: --threads must be >= 1", file=sys.stderr)
             return 2
         torch.set_num_threads(args.threads)
-    options = Options.quick() if args.quick else Options()
-    options.device = device
-    options.seed = args.seed
-    options.weights = args.weights
-    options.timing = args.timing
-    options.budget_s = args.budget_s
-    options.profile = not args.no_profile
+    given = {"device": device, "seed": args.seed, "weights": args.weights, "timing": args.timing}
+    given.update(budget_s=args.budget_s, profile=not args.no_profile)
     if args.max_row_s is not None:
-        options.max_row_s = args.max_row_s
+        given["max_row_s"] = args.max_row_s
+    options = Options.quick(**given) if args.quick else Options(**given)
 
     env = collect_environment(device)
     config = _config(args, device, variants, options)
@@ -281,7 +271,7 @@ def run(args: argparse.Namespace) -> int:
     )
 
     def on_row(row: Row, done: list[Row]) -> None:
-        case = Case(row.target, row.scale, row.width, row.height, row.batch, row.dtype)
+        case = row.case
         if row.kernels_per_fwd is not None:  # the profiling pass after all timings
             print(
                 f"[profile] {case.label()} {row.variant}: {row.kernels_per_fwd} kernels, "

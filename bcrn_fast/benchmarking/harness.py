@@ -36,6 +36,7 @@ from bcrn_fast.benchmarking import timing
 from bcrn_fast.benchmarking.costs import target_traffic
 from bcrn_fast.benchmarking.targets import TARGETS, load_weights, resolve_weights_file
 from bcrn_fast.benchmarking.variants import VARIANTS, BuildContext, Prepared
+from bcrn_fast.tolerances import TOLERANCE, rel_error
 
 __all__ = [
     "DTYPES",
@@ -49,22 +50,16 @@ __all__ = [
     "count_launch_events",
     "fp32_strict",
     "rel_error",
+    "schedule",
 ]
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-# ||y - ref|| / ||ref|| allowed vs the fp32 eager reference, per storage dtype.
-TOLERANCE = {"fp32": 1e-4, "fp16": 5e-3, "bf16": 2e-2}
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}  # TOLERANCE: bcrn_fast.tolerances
 # WRONG: over tolerance (never timed); CRASHED: raised, or its process died; TIMEOUT: its process ran out of time
 STATUSES = ("OK", "WRONG", "CRASHED", "TIMEOUT", "SKIPPED")
-_LAUNCH_APIS = (
-    "cudaLaunchKernel",
-    "cudaLaunchKernelExC",
-    "cuLaunchKernel",
-    "cuLaunchKernelEx",
-    "cudaLaunchCooperativeKernel",
-    "cudaGraphLaunch",
-    "cuGraphLaunch",
-)
+_LAUNCH_APIS = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx")
+_LAUNCH_APIS += ("cudaLaunchCooperativeKernel", "cudaGraphLaunch", "cuGraphLaunch")
+# A timer gets the verified fn, the input buffers and one call's wall-clock ms; None = not measured.
+Timer = Callable[[Callable[[torch.Tensor], Any], Sequence[torch.Tensor], float], "timing.TimingResult | None"]
 
 
 class VerificationError(AssertionError):
@@ -152,8 +147,12 @@ class Row:
     weights: str | None = None
 
     @classmethod
-    def for_case(cls, case: Case, variant: str) -> Row:
-        return cls(case.target, case.scale, case.width, case.height, case.batch, case.dtype, variant)
+    def for_case(cls, case: Case, variant: str, status: str = "SKIPPED", reason: str | None = None) -> Row:
+        return cls(case.target, case.scale, case.width, case.height, case.batch, case.dtype, variant, status, reason)
+
+    @property
+    def case(self) -> Case:
+        return Case(self.target, self.scale, self.width, self.height, self.batch, self.dtype)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -193,16 +192,6 @@ def fp32_strict() -> Iterator[None]:
                 setattr(obj, attr, value)
 
 
-def rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:
-    """``||out - ref||_F / ||ref||_F`` in float64; inf if ``out`` is not finite."""
-    o = out.detach().to(torch.float64)
-    r = ref.detach().to(device=o.device, dtype=torch.float64)
-    if not bool(torch.isfinite(o).all()):
-        return float("inf")
-    denom = float(r.norm()) or 1.0
-    return float((o - r).norm()) / denom
-
-
 def check_output(out: Any, ref: torch.Tensor, dtype: str) -> float:
     """Return the relative error of ``out`` vs ``ref``; raise :class:`VerificationError` if wrong."""
     if not isinstance(out, torch.Tensor):
@@ -216,11 +205,6 @@ def check_output(out: Any, ref: torch.Tensor, dtype: str) -> float:
     if not err <= tol:
         raise VerificationError(f"relative error {err:.3e} > tolerance {tol:.0e}")
     return err
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _count_launches(fn: Callable[[torch.Tensor], Any], x: torch.Tensor) -> tuple[int | None, int | None]:
@@ -334,11 +318,11 @@ class Bench:
         xs = self.inputs(case)
         ctx = BuildContext(TARGETS[case.target], ref_module, device, DTYPES[case.dtype], xs[0])
 
-        _sync(device)
+        timing.sync(device)
         t0 = time.perf_counter()
         prepared = VARIANTS[variant].build(ctx)
         y = prepared.fn(xs[0])
-        _sync(device)
+        timing.sync(device)
         row.compile_s = time.perf_counter() - t0
         err_first = check_output(y, ref, case.dtype)
         del y
@@ -349,7 +333,7 @@ class Bench:
             base = torch.cuda.memory_allocated(device)
         for i in range(opts.warmup):
             prepared.fn(xs[(i + 1) % len(xs)])
-        _sync(device)
+        timing.sync(device)
         if device.type == "cuda":
             peak = torch.cuda.max_memory_allocated(device) - base
         if prepared.peak_bytes is not None:
@@ -358,34 +342,41 @@ class Bench:
             row.peak_mem_mb = peak / 2**20
 
         y = prepared.fn(xs[0])  # what gets timed is what was verified (graphs replay here)
-        _sync(device)
+        timing.sync(device)
         row.rel_error = max(err_first, check_output(y, ref, case.dtype))
         del y
         row.status, row.reason = "OK", None
         return prepared, row
 
-    def time_prepared(self, case: Case, prepared: Prepared, row: Row) -> Row:
-        """Time a verified variant and fill the timing fields of ``row``."""
+    def time_prepared(self, case: Case, prepared: Prepared, row: Row, timer: Timer | None = None) -> Row:
+        """Time a verified variant (with ``timer``, default :meth:`default_timer`) and fill ``row``'s timings."""
         if row.status != "OK":
             raise RuntimeError("refusing to time a variant that did not pass verification")
         self.timer_calls += 1
-        opts, device = self.options, self.device
         xs = self.inputs(case)
-        est = timing.wall_ms(prepared.fn, xs[1 % len(xs)], device)
-        if device.type == "cuda":
-            reps, inner = timing.plan(
-                est, target_sample_ms=opts.target_sample_ms, reps=opts.reps, max_row_s=opts.max_row_s
-            )
-            res = timing.time_cuda(prepared.fn, xs, reps=reps, inner=inner, method=opts.timing)
-        else:
-            reps, _ = timing.plan(est, target_sample_ms=0.0, reps=opts.cpu_reps, max_row_s=opts.max_row_s)
-            res = timing.time_cpu(prepared.fn, xs, reps=reps)
+        est = timing.wall_ms(prepared.fn, xs[1 % len(xs)], self.device)
+        res = (timer or self.default_timer)(prepared.fn, xs, est)
+        if res is None:  # the timer measured nothing (pytest --benchmark-disable)
+            return row
         row.median_ms, row.p20_ms, row.p80_ms = res.median_ms, res.p20_ms, res.p80_ms
         row.samples, row.calls_per_sample, row.timing_method = len(res.samples_ms), res.inner, res.method
         row.images_per_s = case.batch * 1e3 / res.median_ms
         out_px = TARGETS[case.target].output_pixels(case.height, case.width, case.scale)
         row.out_mpix_per_s = case.batch * out_px / 1e6 * 1e3 / res.median_ms
         return row
+
+    def default_timer(
+        self, fn: Callable[[torch.Tensor], Any], xs: Sequence[torch.Tensor], est_ms: float
+    ) -> timing.TimingResult:
+        """CUDA events (``options.timing`` method) or ``perf_counter``, sized by :func:`timing.plan`."""
+        opts = self.options
+        if self.device.type == "cuda":
+            reps, inner = timing.plan(
+                est_ms, target_sample_ms=opts.target_sample_ms, reps=opts.reps, max_row_s=opts.max_row_s
+            )
+            return timing.time_cuda(fn, xs, reps=reps, inner=inner, method=opts.timing)
+        reps, _ = timing.plan(est_ms, target_sample_ms=0.0, reps=opts.cpu_reps, max_row_s=opts.max_row_s)
+        return timing.time_cpu(fn, xs, reps=reps)
 
     def profile_row(self, case: Case, row: Row) -> None:
         """Fill ``kernels_per_fwd`` / ``launch_calls_per_fwd`` of a timed row (CUDA).
@@ -416,24 +407,18 @@ class Bench:
             case.target, case.height, case.width, case.scale, case.batch, case.dtype, params=params
         ).bytes
 
-    def run_one(self, case: Case, variant: str, deadline: float | None = None) -> Row:
+    def run_one(self, case: Case, variant: str, timer: Timer | None = None) -> Row:
         """Skip, or build + verify + time one row. Never raises for a variant's own failure."""
-        row = Row.for_case(case, variant)
         reason = self.skip_reason(case, variant)
-        if reason is None and deadline is not None:
-            left = deadline - time.monotonic()
-            need = VARIANTS[variant].est_build_s + 2 * self.options.max_row_s
-            if left < need:
-                reason = f"time budget: {max(left, 0):.0f} s left, this variant needs ~{need:.0f} s"
         if reason is not None:
-            row.status, row.reason = "SKIPPED", reason
-            return row
+            return Row.for_case(case, variant, "SKIPPED", reason)
+        row = Row.for_case(case, variant)
         self._fill_costs(case, row)
         prepared = None
         try:
             with fp32_strict(), torch.inference_mode():
                 prepared, row = self.prepare(case, variant, row)
-                self.time_prepared(case, prepared, row)
+                self.time_prepared(case, prepared, row, timer)
         except VerificationError as exc:
             row.status, row.reason = "WRONG", str(exc)
         except Exception as exc:
@@ -459,39 +444,63 @@ class Bench:
     def run(
         self, cases: Sequence[Case], variants: Sequence[str], on_row: Callable[[Row, list[Row]], None] | None = None
     ) -> list[Row]:
-        """All rows of ``cases`` x ``variants``, in display order.
+        """All rows of ``cases`` x ``variants`` in this process, in display order.
 
-        Execution order is cheap variants first (tier 0 for every case, then
-        the compiles, then the long autotuning), so a time budget cuts the
-        expensive rows, not the baselines. ``on_row(row, rows_done)`` is called
-        after each row (used to write partial reports).
+        Execution order is cheap variants first (tier 0 for every case, then the compiles, then the long
+        autotuning), so a time budget cuts the expensive rows, not the baselines. ``on_row(row, rows_done)``
+        is called after each row (used to write partial reports).
         """
         jobs = [(case, v) for case in cases for v in variants]
-
-        def tier(i: int) -> int:
-            v = VARIANTS.get(jobs[i][1])
-            return v.tier if v is not None else 0
-
-        run_order = sorted(range(len(jobs)), key=lambda i: (tier(i), i))
-        deadline = None if self.options.budget_s is None else time.monotonic() + self.options.budget_s
-        done: dict[int, Row] = {}
-        for i in run_order:
-            case, variant = jobs[i]
-            done[i] = self.run_one(case, variant, deadline)
-            if on_row is not None:
-                on_row(done[i], [done[k] for k in sorted(done)])
-        rows = [done[i] for i in range(len(jobs))]
+        tier = {name: v.tier for name, v in VARIANTS.items()}
+        order = sorted(range(len(jobs)), key=lambda i: (tier.get(jobs[i][1], 0), i))
+        rows, deadline = schedule(
+            jobs,
+            order,
+            self.options.budget_s,
+            need_s=lambda v: VARIANTS[v].est_build_s + 2 * self.options.max_row_s,
+            skip=self.skip_reason,
+            execute=lambda case, v, _limit: self.run_one(case, v),
+            on_row=on_row,
+        )
         if self.device.type == "cuda" and self.options.profile:  # kernel counts last: never perturbs a timing
-            for i in run_order:
-                case, row = jobs[i][0], done[i]
+            for i in order:
+                row = rows[i]
                 if row.status != "OK":
                     continue
                 if deadline is not None and deadline - time.monotonic() < VARIANTS[row.variant].est_build_s:
                     continue
-                self.profile_row(case, row)
+                self.profile_row(jobs[i][0], row)
                 if on_row is not None:
                     on_row(row, rows)
         return rows
+
+
+def schedule(
+    jobs: Sequence[tuple[Case, str]],
+    order: Sequence[int],
+    budget_s: float | None,
+    need_s: Callable[[str], float],
+    skip: Callable[[Case, str], str | None],
+    execute: Callable[[Case, str, float], Row],
+    on_row: Callable[[Row, list[Row]], None] | None = None,
+) -> tuple[list[Row], float | None]:
+    """Run ``jobs`` in ``order`` (the one loop of both runners); return the rows in job order and the deadline.
+
+    A row is SKIPPED with ``skip``'s reason, or when what is left of ``budget_s`` is below ``need_s(variant)``;
+    otherwise ``execute(case, variant, need_s)`` makes it. ``on_row(row, rows_done)`` follows every row.
+    """
+    deadline = None if budget_s is None else time.monotonic() + budget_s
+    done: dict[int, Row] = {}
+    for i in order:
+        case, variant = jobs[i]
+        reason = skip(case, variant)
+        need = need_s(variant) if reason is None else 0.0
+        if reason is None and deadline is not None and (left := deadline - time.monotonic()) < need:
+            reason = f"time budget: {max(left, 0):.0f} s left, this row needs ~{need:.0f} s"
+        done[i] = Row.for_case(case, variant, "SKIPPED", reason) if reason else execute(case, variant, need)
+        if on_row is not None:
+            on_row(done[i], [done[k] for k in sorted(done)])
+    return [done[i] for i in range(len(jobs))], deadline
 
 
 def _one_line(exc: BaseException, limit: int = 300) -> str:

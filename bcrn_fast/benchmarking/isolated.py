@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from bcrn_fast.benchmarking.harness import Bench, Case, Options, Row
+from bcrn_fast.benchmarking.harness import Bench, Case, Options, Row, schedule
 from bcrn_fast.benchmarking.variants import ISOLATED_ORDER, VARIANTS
 
 __all__ = ["isolated_order", "row_timeout", "run_isolated"]
@@ -115,15 +115,12 @@ def _run_child(case: Case, variant: str, options: Options, timeout_s: float, wor
     if not timed_out and result.exists():
         data = json.loads(result.read_text())
         return Row(**data)
-    row = Row.for_case(case, variant)
     if timed_out:
-        row.status, row.reason = "TIMEOUT", f"its process ran past {timeout_s:.0f} s and was killed"
-    else:
-        rc = proc.returncode
-        how = f"signal {signal.Signals(-rc).name}" if rc is not None and rc < 0 else f"exit code {rc}"
-        row.status = "CRASHED"
-        row.reason = f"its process died ({how}) after {elapsed:.0f} s without a result: {_last_line(out or '')}"
-    return row
+        return Row.for_case(case, variant, "TIMEOUT", f"its process ran past {timeout_s:.0f} s and was killed")
+    rc = proc.returncode
+    how = f"signal {signal.Signals(-rc).name}" if rc is not None and rc < 0 else f"exit code {rc}"
+    why = f"its process died ({how}) after {elapsed:.0f} s without a result: {_last_line(out or '')}"
+    return Row.for_case(case, variant, "CRASHED", why)
 
 
 def run_isolated(
@@ -135,31 +132,22 @@ def run_isolated(
 ) -> list[Row]:
     """All rows of ``cases`` x ``variants`` (display order), each run in a fresh process.
 
-    ``options.budget_s`` bounds the whole run: a row whose timeout no longer
-    fits is SKIPPED with the reason. ``row_timeout_s`` caps every row's limit.
+    ``options.budget_s`` bounds the whole run: a row whose timeout no longer fits is SKIPPED with the
+    reason. ``row_timeout_s`` caps every row's limit. Skips are decided here, without starting a child.
     """
     jobs = [(case, v) for case in cases for v in variants]
-    deadline = None if options.budget_s is None else time.monotonic() + options.budget_s
     probe = Bench(options)  # availability checks only: it never builds a model here
-    done: dict[int, Row] = {}
     with tempfile.TemporaryDirectory(prefix="bcrn_bench_row_") as tmp:
-        for i in isolated_order(jobs):
-            case, variant = jobs[i]
-            reason = probe.skip_reason(case, variant)
-            limit = row_timeout(variant, options, row_timeout_s)
-            if reason is None and deadline is not None:
-                left = deadline - time.monotonic()
-                if left < limit:
-                    reason = f"time budget: {max(left, 0):.0f} s left, this row may need {limit:.0f} s"
-            if reason is not None:
-                row = Row.for_case(case, variant)
-                row.status, row.reason = "SKIPPED", reason
-            else:
-                row = _run_child(case, variant, options, limit, Path(tmp))
-            done[i] = row
-            if on_row is not None:
-                on_row(row, [done[k] for k in sorted(done)])
-    return [done[i] for i in range(len(jobs))]
+        rows, _ = schedule(
+            jobs,
+            isolated_order(jobs),
+            options.budget_s,
+            need_s=lambda v: row_timeout(v, options, row_timeout_s),
+            skip=probe.skip_reason,
+            execute=lambda case, v, limit: _run_child(case, v, options, limit, Path(tmp)),
+            on_row=on_row,
+        )
+    return rows
 
 
 def _child(spec_path: str, result_path: str) -> int:

@@ -1,7 +1,7 @@
-"""The pytest-benchmark side of the harness (used by ``benchmarks/``).
+"""``pytest benchmarks/ --benchmark-only``: a thin adapter over the ``bcrn-fast bench`` runner.
 
-``pytest benchmarks/ --benchmark-only`` runs the same build -> verify -> time
-sequence as ``bcrn-fast bench``, timed by pytest-benchmark instead. Grids:
+Each test is one :meth:`Bench.run_one` row (build -> verify -> time), timed by pytest-benchmark instead of
+the harness's own timer; its derived numbers come from :func:`report.annotate`. Grids:
 
 - ``BCRN_BENCH_DEVICE`` (default: cuda when available, else cpu);
 - ``BCRN_BENCH_QUICK`` (default 1 on a CPU, 0 on a GPU): the small grid;
@@ -20,10 +20,10 @@ from typing import Any
 
 import torch
 
-from bcrn_fast.benchmarking.costs import peaks_for_device, roofline, target_traffic
-from bcrn_fast.benchmarking.harness import Bench, Case, Options, VerificationError, fp32_strict
+from bcrn_fast.benchmarking import timing
+from bcrn_fast.benchmarking.harness import Bench, Case, Options
+from bcrn_fast.benchmarking.report import annotate
 from bcrn_fast.benchmarking.targets import MODULE_TARGETS, TARGETS
-from bcrn_fast.benchmarking.timing import plan, wall_ms
 from bcrn_fast.benchmarking.variants import ALL_VARIANTS
 
 __all__ = ["bench_device", "bench_quick", "make_harness", "model_params", "module_params", "run_benchmark"]
@@ -104,70 +104,48 @@ def make_harness() -> Bench:
 
 
 def run_benchmark(benchmark: Any, harness: Bench, case: Case, variant: str) -> None:
-    """Skip with a reason, or build + verify (fail the test if wrong) + time ``variant`` on ``case``."""
+    """One row of ``bcrn-fast bench`` (:meth:`Bench.run_one`), timed by pytest-benchmark: SKIPPED rows skip
+    with their reason, WRONG and CRASHED rows fail (never timed), OK rows get the report's derived numbers."""
     import pytest
 
-    reason = harness.skip_reason(case, variant)
-    if reason is not None:
-        pytest.skip(reason)
     device = harness.device
     benchmark.group = case.label()
-    with fp32_strict(), torch.inference_mode():
-        try:
-            prepared, row = harness.prepare(case, variant)
-        except VerificationError as exc:
-            pytest.fail(f"{case.label()} {variant}: WRONG (failed verification), not timed: {exc}", pytrace=False)
-        xs = harness.inputs(case)
+
+    def timer(fn: Any, xs: Any, est_ms: float) -> timing.TimingResult | None:
         cycle = itertools.cycle(xs)
-        fn = prepared.fn
 
         def call() -> None:
             fn(next(cycle))
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
+            timing.sync(device)
 
-        est = wall_ms(fn, xs[1 % len(xs)], device)
-        opts = harness.options
-        rounds, iterations = plan(
-            est,
-            target_sample_ms=5.0 if device.type == "cuda" else 0.0,
-            reps=opts.reps if device.type == "cuda" else opts.cpu_reps,
+        opts, cuda = harness.options, device.type == "cuda"
+        rounds, iterations = timing.plan(
+            est_ms,
+            target_sample_ms=5.0 if cuda else 0.0,
+            reps=opts.reps if cuda else opts.cpu_reps,
             max_row_s=opts.max_row_s,
         )
-        if device.type == "cuda":
-            iterations = 1  # one synchronised call per iteration: latency as a caller sees it
-            rounds = max(rounds, 10)
-        benchmark.extra_info.update(
-            {
-                "variant": variant,
-                "dtype": case.dtype,
-                "rel_error": row.rel_error,
-                "tolerance": row.tolerance,
-                "compile_s": row.compile_s,
-                "peak_mem_mb": row.peak_mem_mb,
-                "weights": row.weights,
-            }
+        if cuda:
+            iterations, rounds = 1, max(rounds, 10)  # one synchronised call per iteration: latency as a caller sees it
+        # prepare() already warmed up
+        benchmark.pedantic(call, rounds=rounds, iterations=iterations, warmup_rounds=1 if cuda else 0)
+        stats = getattr(getattr(benchmark, "stats", None), "stats", None)  # None with --benchmark-disable
+        return (
+            None if stats is None else timing.summarize([d * 1e3 for d in stats.data], iterations, "pytest-benchmark")
         )
-        benchmark.pedantic(
-            call, rounds=rounds, iterations=iterations, warmup_rounds=1 if device.type == "cuda" else 0
-        )  # prepare() already warmed up
-    stats = getattr(getattr(benchmark, "stats", None), "stats", None)
-    if stats is not None:  # None with --benchmark-disable
-        target = TARGETS[case.target]
-        flops = 2 * target.macs(case.height, case.width, case.scale, case.batch)
-        params = sum(p.numel() for p in harness.reference(case)[0].parameters())
-        nbytes = target_traffic(
-            case.target, case.height, case.width, case.scale, case.batch, case.dtype, params=params
-        ).bytes
-        median_s = stats.median
-        info = {
-            "gflop": flops / 1e9,
-            "mb_moved": nbytes / 1e6,
-            "achieved_gbps": nbytes / median_s / 1e9,
-            "achieved_tflops": flops / median_s / 1e12,
-        }
-        if device.type == "cuda":
-            floor = roofline(flops, nbytes, case.dtype, peaks_for_device(torch.cuda.get_device_name(device)))
-            if floor is not None:
-                info["roofline_frac"] = floor.floor_ms * 1e-3 / median_s
-        benchmark.extra_info.update(info)
+
+    row = harness.run_one(case, variant, timer=timer)
+    if row.status == "SKIPPED":
+        pytest.skip(row.reason)
+    if row.status == "WRONG":
+        pytest.fail(f"{case.label()} {variant}: WRONG (failed verification), not timed: {row.reason}", pytrace=False)
+    if row.status != "OK":
+        pytest.fail(f"{case.label()} {variant}: {row.status}: {row.reason}", pytrace=False)
+    keys = ("rel_error", "tolerance", "compile_s", "peak_mem_mb", "weights")
+    benchmark.extra_info.update(variant=variant, dtype=case.dtype, **{k: getattr(row, k) for k in keys})
+    if row.median_ms is not None:
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+        [derived] = annotate([row.to_dict()], name)
+        info = {"gflop": row.flops / 1e9, "mb_moved": row.bytes / 1e6}
+        info.update((k, derived[k]) for k in ("achieved_gbps", "achieved_tflops", "roofline_frac"))
+        benchmark.extra_info.update({k: v for k, v in info.items() if v is not None})

@@ -22,9 +22,10 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from bcrn_fast.benchmarking.costs import GPU_PEAKS, peaks_for_device, roofline
-from bcrn_fast.benchmarking.harness import STATUSES, TOLERANCE, Row
+from bcrn_fast.benchmarking.costs import peaks_for_device, roofline
+from bcrn_fast.benchmarking.harness import STATUSES, Row
 from bcrn_fast.benchmarking.variants import COMPILE_VARIANTS, VARIANTS
+from bcrn_fast.tolerances import TOLERANCE
 
 __all__ = [
     "DERIVED_KEYS",
@@ -250,18 +251,19 @@ def _kernels(r: dict[str, Any]) -> str:
     return f"{r['kernels_per_fwd']}" + ("" if calls is None else f" ({calls})")
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[bool]) -> list[str]:
+_LEFT = ("target", "scale", "LR WxH", "dtype", "variant", "status")  # text columns; numbers align right
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     widths = [max(3, len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    cols = [(w, h not in _LEFT) for w, h in zip(widths, header, strict=True)]  # (width, align right)
 
     def line(cells: Sequence[str]) -> str:
-        return (
-            "| "
-            + " | ".join(c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, widths, right, strict=True))
-            + " |"
-        )
+        return "| " + " | ".join(c.rjust(w) if r else c.ljust(w) for c, (w, r) in zip(cells, cols, strict=True)) + " |"
 
-    sep = "| " + " | ".join(("-" * (w - 1) + ":") if r else "-" * w for w, r in zip(widths, right, strict=True)) + " |"
-    return [line(header), sep, *(line(r) for r in rows)]
+    return [line(header), "| " + " | ".join("-" * (w - 1) + ":" if r else "-" * w for w, r in cols) + " |"] + [
+        line(r) for r in rows
+    ]
 
 
 def _case_label(r: dict[str, Any]) -> tuple[str, str, str, str]:
@@ -280,30 +282,20 @@ def floors_table(report: dict[str, Any]) -> list[str]:
     body = []
     for r in seen.values():
         floor = roofline(r["flops"], r["bytes"], r["dtype"], peaks)
-        body.append(
-            [
-                *_case_label(r),
-                r["dtype"],
-                f"{r['flops'] / 1e9:.2f}",
-                f"{r['bytes'] / 1e6:.1f}",
-                fmt_ms(floor.compute_ms) if floor else "n/a",
-                fmt_ms(floor.memory_ms) if floor else "n/a",
-                f"{fmt_ms(floor.floor_ms)} ({floor.bound})" if floor else "n/a",
-            ]
-        )
-    header = [
-        "target",
-        "scale",
-        "LR WxH",
-        "N",
-        "dtype",
-        "GFLOP",
-        "MB moved",
-        "compute floor ms",
-        "memory floor ms",
-        "floor ms",
-    ]
-    return _table(header, body, [False, False, False, True, False, True, True, True, True, True])
+        cells = [*_case_label(r), r["dtype"], f"{r['flops'] / 1e9:.2f}", f"{r['bytes'] / 1e6:.1f}"]
+        if floor is None:
+            cells += ["n/a"] * 3
+        else:
+            cells += [fmt_ms(floor.compute_ms), fmt_ms(floor.memory_ms), f"{fmt_ms(floor.floor_ms)} ({floor.bound})"]
+        body.append(cells)
+    return _table(FLOORS_HEADER, body)
+
+
+FLOORS_HEADER = "target|scale|LR WxH|N|dtype|GFLOP|MB moved|compute floor ms|memory floor ms|floor ms".split("|")
+RESULTS_HEADER = (
+    "target|scale|LR WxH|N|dtype|variant|status|median ms|p20–p80 ms|img/s|out MP/s|vs eager fp32|vs best compile|"
+    "GB/s|TFLOP/s|% of floor|peak MB (vs eager)|kernels/fwd (launch calls)|compile s"
+).split("|")
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -348,49 +340,14 @@ def markdown(report: dict[str, Any]) -> str:
         if r.get("mem_ratio_vs_eager") is not None:
             mem += f" ({r['mem_ratio_vs_eager']:.2f}x)"
         band = "–" if r.get("p20_ms") is None else f"{fmt_ms(r['p20_ms'])}–{fmt_ms(r['p80_ms'])}"
-        body.append(
-            [
-                *_case_label(r),
-                r["dtype"],
-                r["variant"],
-                status,
-                fmt_ms(r.get("median_ms")),
-                band,
-                _sig(r.get("images_per_s")),
-                _sig(r.get("out_mpix_per_s")),
-                _ratio(r.get("speedup_vs_eager_fp32")),
-                _ratio(r.get("speedup_vs_best_compile")),
-                _sig(r.get("achieved_gbps")),
-                _sig(r.get("achieved_tflops")),
-                _pct(r.get("roofline_frac")) if r["status"] == "OK" else "–",
-                mem if r["status"] == "OK" else "–",
-                _kernels(r) if r["status"] == "OK" else "–",
-                _num(r.get("compile_s"), "{:.1f}"),
-            ]
-        )
-    header = [
-        "target",
-        "scale",
-        "LR WxH",
-        "N",
-        "dtype",
-        "variant",
-        "status",
-        "median ms",
-        "p20–p80 ms",
-        "img/s",
-        "out MP/s",
-        "vs eager fp32",
-        "vs best compile",
-        "GB/s",
-        "TFLOP/s",
-        "% of floor",
-        "peak MB (vs eager)",
-        "kernels/fwd (launch calls)",
-        "compile s",
-    ]
-    right = [False, False, False, True, False, False, False] + [True] * 12
-    lines += ["## Results", "", *_table(header, body, right), ""]
+        ok = r["status"] == "OK"
+        cells = [*_case_label(r), r["dtype"], r["variant"], status, fmt_ms(r.get("median_ms")), band]
+        cells += [_sig(r.get(k)) for k in ("images_per_s", "out_mpix_per_s")]
+        cells += [_ratio(r.get(k)) for k in ("speedup_vs_eager_fp32", "speedup_vs_best_compile")]
+        cells += [_sig(r.get(k)) for k in ("achieved_gbps", "achieved_tflops")]
+        cells += [_pct(r.get("roofline_frac")), mem, _kernels(r)] if ok else ["–"] * 3
+        body.append([*cells, _num(r.get("compile_s"), "{:.1f}")])
+    lines += ["## Results", "", *_table(RESULTS_HEADER, body), ""]
     if notes:
         lines += ["Notes:", ""]
         lines += [f"{n}. {reason}" for reason, n in notes.items()]
@@ -473,7 +430,3 @@ def plot(report: dict[str, Any], path: str | os.PathLike[str]) -> Path | None:
     fig.savefig(out, dpi=120)
     plt.close(fig)
     return out
-
-
-# Keep the peak table importable from here too (documentation tables read it).
-PEAKS = GPU_PEAKS

@@ -1,14 +1,11 @@
 """Timers: CUDA events on a GPU, ``time.perf_counter`` on a CPU; median and p20/p80.
 
-GPU method (``loop``, the default): each sample is one CUDA-event interval
-around ``inner`` back-to-back calls that start from an idle device
-(synchronised before the start event), divided by ``inner``. Back-to-back
-calls keep the launch overhead in the number, as a user running the model in
-a loop sees it. Calls rotate through several input buffers so no input stays
-hot in L2. ``flush`` mode instead times every call alone between two events
-after overwriting a 256 MB buffer (L2 flushed, flush not timed) — the
-``triton.testing.do_bench`` method, which can hide launch overhead behind the
-flush. Warm-up calls are never timed; compilation is measured elsewhere.
+GPU method ``loop`` (the default): each sample is one CUDA-event interval around ``inner`` back-to-back
+calls that start from an idle device (synchronised before the start event), divided by ``inner``; the
+launch overhead stays in the number, as a user running the model in a loop sees it. Calls rotate through
+several input buffers so no input stays hot in L2. ``flush`` instead times every call alone between two
+events after overwriting a 256 MB buffer (L2 flushed, flush not timed) — the ``triton.testing.do_bench``
+method, which can hide launch overhead behind the flush. Warm-up calls are never timed.
 """
 
 from __future__ import annotations
@@ -21,7 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["TimingResult", "plan", "quantile", "summarize", "time_cpu", "time_cuda", "wall_ms"]
+__all__ = ["TimingResult", "plan", "quantile", "summarize", "sync", "time_cpu", "time_cuda", "wall_ms"]
 
 Fn = Callable[[torch.Tensor], object]
 
@@ -54,21 +51,22 @@ class TimingResult:
         self.p80_ms = quantile(self.samples_ms, 0.8)
 
 
-def summarize(samples_ms: list[float], inner: int = 1, method: str = "given") -> TimingResult:
+def summarize(samples_ms: Sequence[float], inner: int = 1, method: str = "given") -> TimingResult:
     return TimingResult(list(samples_ms), inner, method)
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
+    """Wait for the device (a no-op on a CPU)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
 def wall_ms(fn: Fn, x: torch.Tensor, device: torch.device) -> float:
-    """Wall-clock milliseconds of one synchronised call (warm-up estimates, compile time)."""
-    _sync(device)
+    """Wall-clock milliseconds of one synchronised call (the estimate :func:`plan` starts from)."""
+    sync(device)
     t0 = time.perf_counter()
     fn(x)
-    _sync(device)
+    sync(device)
     return (time.perf_counter() - t0) * 1e3
 
 
@@ -84,19 +82,15 @@ def plan(
 
 def time_cuda(fn: Fn, inputs: Sequence[torch.Tensor], *, reps: int, inner: int, method: str = "loop") -> TimingResult:
     """CUDA-event timing of ``fn`` rotating over ``inputs`` (see the module docstring)."""
-    device = inputs[0].device
-    n = len(inputs)
-    idx = 0
-    samples: list[float] = []
+    device, n = inputs[0].device, len(inputs)
     if method == "loop":
-        for _ in range(reps):
-            start = torch.cuda.Event(enable_timing=True)
-            end = torch.cuda.Event(enable_timing=True)
+        samples: list[float] = []
+        for rep in range(reps):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             torch.cuda.synchronize(device)
             start.record()
-            for _ in range(inner):
-                fn(inputs[idx % n])
-                idx += 1
+            for i in range(inner):
+                fn(inputs[(rep * inner + i) % n])
             end.record()
             end.synchronize()
             samples.append(start.elapsed_time(end) / inner)
@@ -104,18 +98,15 @@ def time_cuda(fn: Fn, inputs: Sequence[torch.Tensor], *, reps: int, inner: int, 
     if method == "flush":
         scratch = torch.empty(256 * 2**20 // 4, dtype=torch.int32, device=device)
         events = []
-        for _ in range(reps * inner):
+        for i in range(reps * inner):
             scratch.zero_()  # evict L2 (50 MB on H100/H200); not inside the timed interval
-            start = torch.cuda.Event(enable_timing=True)
-            end = torch.cuda.Event(enable_timing=True)
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
-            fn(inputs[idx % n])
-            idx += 1
+            fn(inputs[i % n])
             end.record()
             events.append((start, end))
         torch.cuda.synchronize(device)
-        samples = [s.elapsed_time(e) for s, e in events]
-        return TimingResult(samples, 1, "cuda-events flush-L2")
+        return TimingResult([s.elapsed_time(e) for s, e in events], 1, "cuda-events flush-L2")
     raise ValueError(f"timing method must be 'loop' or 'flush', got {method!r}")
 
 

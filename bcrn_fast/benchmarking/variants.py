@@ -1,25 +1,10 @@
 """The implementations a benchmark compares, each built from the same reference weights.
 
-A variant is a recipe: :meth:`Variant.unavailable` says why it cannot run
-here (the row is then SKIPPED with that reason), :meth:`Variant.build` turns
-the fp32 reference module into a callable ``fn(x) -> y`` in the row's dtype.
-Every build starts from a private deep copy of the reference, so no variant
-can change the weights another one sees (fused modules share parameters with
-the module they are made from, and ``.to(dtype)`` would convert both).
-
-| name | what |
-| --- | --- |
-| ``eager`` | reference module, NCHW, eager PyTorch (the baseline) |
-| ``eager_cl`` | reference module and input in channels-last |
-| ``inductor`` | ``torch.compile`` default mode |
-| ``inductor_max_autotune`` | ``torch.compile(mode="max-autotune-no-cudagraphs")`` |
-| ``inductor_reduce_overhead`` | ``torch.compile(mode="reduce-overhead")`` (CUDA graphs via cudagraph trees) |
-| ``cudagraphs`` | ``torch.compile(backend="cudagraphs")``: eager kernels replayed from a CUDA graph |
-| ``fused_torch`` | ``bcrn_fast.fused`` module, ``backend="torch"`` (the fused dataflow in PyTorch ops) |
-| ``fused_triton`` | ``bcrn_fast.fused`` module, ``backend="triton"`` |
-| ``fused_cuda`` | ``bcrn_fast.fused`` module, ``backend="cuda"`` (CUDA extension), when built |
-| ``fused_triton_graph`` | ``fused_triton`` captured once in a ``torch.cuda.CUDAGraph`` (static input) |
-| ``onnxruntime`` | ONNX export run by onnxruntime (``bcrn_fast.export.build_ort_session``; CPU rows) |
+A variant is a recipe: :meth:`Variant.unavailable` says why it cannot run here (the row is then SKIPPED
+with that reason), :meth:`Variant.build` turns the fp32 reference module into a callable ``fn(x) -> y`` in
+the row's dtype. Every build starts from a private deep copy of the reference, so no variant can change
+the weights another one sees (fused modules share parameters with the module they are made from, and
+``.to(dtype)`` would convert both). :data:`VARIANTS` lists them with what each one is.
 """
 
 from __future__ import annotations
@@ -27,7 +12,7 @@ from __future__ import annotations
 import copy
 import importlib
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +31,7 @@ __all__ = [
     "BuildContext",
     "Prepared",
     "Variant",
+    "expand_names",
     "fused_backend_unavailable",
     "fused_backends",
     "resolve_variants",
@@ -99,9 +85,12 @@ class Variant:
         if self.torch_compile:
             return _compile_unavailable(device)
         if self.fused_backend is not None:
-            return _fused_unavailable(target, self.fused_backend, device)
+            why = fused_backend_unavailable(self.fused_backend, device)
+            if why is None and not hasattr(_fused_module(), target.fused_class):
+                why = f"bcrn_fast.fused has no {target.fused_class}"
+            return why
         if self.name == "onnxruntime":
-            return _onnxruntime_unavailable(target, device)
+            return _onnxruntime_unavailable(target)
         return None
 
 
@@ -126,9 +115,8 @@ def _fused_module() -> Any:
 def fused_backend_unavailable(backend: str, device: torch.device) -> str | None:
     """Why the fused ``backend`` cannot run on ``device`` (None when it can).
 
-    The one real check: :func:`bcrn_fast.ops.backends.resolve_backend`, the
-    function every fused module calls, whose ``BackendUnavailable`` message
-    says why (e.g. the CUDA extension's import error).
+    The one real check: :func:`bcrn_fast.ops.backends.resolve_backend`, the function every fused module
+    calls, whose ``BackendUnavailable`` message says why (e.g. the CUDA extension's import error).
     """
     try:
         _fused_module()
@@ -154,16 +142,7 @@ def fused_backends(device: torch.device) -> tuple[list[str] | None, str | None]:
     return [b for b in ("torch", "triton", "cuda") if fused_backend_unavailable(b, device) is None], None
 
 
-def _fused_unavailable(target: Target, backend: str, device: torch.device) -> str | None:
-    why = fused_backend_unavailable(backend, device)
-    if why is not None:
-        return why
-    if not hasattr(_fused_module(), target.fused_class):
-        return f"bcrn_fast.fused has no {target.fused_class}"
-    return None
-
-
-def _onnxruntime_unavailable(target: Target, device: torch.device) -> str | None:
+def _onnxruntime_unavailable(target: Target) -> str | None:
     if target.name != "model":
         return "onnxruntime rows are for the whole model only"
     try:
@@ -225,14 +204,12 @@ def _onnxruntime(ctx: BuildContext) -> Prepared:
     from bcrn_fast.export import build_ort_session
 
     module = ctx.fresh_reference()
-    run = build_ort_session(module, ctx.sample, providers=None)
-    return Prepared(run, keep=[module])
+    return Prepared(build_ort_session(module, ctx.sample, providers=None), keep=[module])
 
 
 def _fused_graph(backend: str) -> Callable:
     def build(ctx: BuildContext) -> Prepared:
-        prepared = _fused(backend)(ctx)
-        module = prepared.fn
+        module = _fused(backend)(ctx).fn
         static_x = ctx.sample.clone()
         stream = torch.cuda.Stream(ctx.device)
         stream.wait_stream(torch.cuda.current_stream(ctx.device))
@@ -259,129 +236,64 @@ def _fused_graph(backend: str) -> Callable:
     return build
 
 
-_V = Variant
-VARIANTS: dict[str, Variant] = {
-    v.name: v
-    for v in (
-        _V("eager", "reference, eager NCHW", _eager, est_build_s=1),
-        _V("eager_cl", "reference, eager channels-last", _eager_cl, est_build_s=1),
-        _V(
-            "inductor",
-            "torch.compile (inductor, default mode)",
-            _compiled(),
-            tier=1,
-            est_build_s=40,
-            torch_compile=True,
-        ),
-        _V(
-            "inductor_max_autotune",
-            "torch.compile mode=max-autotune-no-cudagraphs",
-            _compiled("max-autotune-no-cudagraphs"),
-            devices=("cuda",),
-            tier=3,
-            est_build_s=120,
-            torch_compile=True,
-        ),
-        _V(
-            "inductor_reduce_overhead",
-            "torch.compile mode=reduce-overhead",
-            _compiled("reduce-overhead", mark_steps=True),
-            devices=("cuda",),
-            tier=2,
-            est_build_s=45,
-            torch_compile=True,
-        ),
-        _V(
-            "cudagraphs",
-            "torch.compile backend=cudagraphs",
-            _compiled(backend="cudagraphs", mark_steps=True),
-            devices=("cuda",),
-            tier=1,
-            est_build_s=10,
-            torch_compile=True,
-        ),
-        _V(
-            "onnxruntime",
-            "ONNX export run by onnxruntime (bcrn_fast.export.build_ort_session)",
-            _onnxruntime,
-            devices=("cpu",),
-            tier=1,
-            est_build_s=15,
-        ),
-        _V("fused_torch", "BCRNFused backend=torch", _fused("torch"), est_build_s=2, fused_backend="torch"),
-        _V(
-            "fused_triton",
-            "BCRNFused backend=triton",
-            _fused("triton"),
-            devices=("cuda",),
-            est_build_s=20,
-            fused_backend="triton",
-        ),
-        _V(
-            "fused_cuda",
-            "BCRNFused backend=cuda (extension)",
-            _fused("cuda"),
-            devices=("cuda",),
-            est_build_s=5,
-            fused_backend="cuda",
-        ),
-        _V(
-            "fused_triton_graph",
-            "BCRNFused triton in one CUDA graph",
-            _fused_graph("triton"),
-            devices=("cuda",),
-            est_build_s=20,
-            fused_backend="triton",
-        ),
-    )
-}
+_ANY, _GPU, _CPU = ("cpu", "cuda"), ("cuda",), ("cpu",)
+_AUTOTUNE, _RO = "max-autotune-no-cudagraphs", "reduce-overhead"
+# name, what it is, builder, devices, tier, est_build_s, torch_compile, fused_backend
+_TABLE: tuple[tuple[Any, ...], ...] = (
+    ("eager", "reference module, NCHW, eager PyTorch (the baseline)", _eager, _ANY, 0, 1, False, None),
+    ("eager_cl", "reference module and input in channels-last", _eager_cl, _ANY, 0, 1, False, None),
+    ("inductor", "torch.compile (inductor, default mode)", _compiled(), _ANY, 1, 40, True, None),
+    ("inductor_max_autotune", "mode=max-autotune-no-cudagraphs", _compiled(_AUTOTUNE), _GPU, 3, 120, True, None),
+    ("inductor_reduce_overhead", "mode=reduce-overhead (CUDA graphs)", _compiled(_RO, True), _GPU, 2, 45, True, None),
+    ("cudagraphs", "backend=cudagraphs", _compiled(backend="cudagraphs", mark_steps=True), _GPU, 1, 10, True, None),
+    ("onnxruntime", "ONNX export run by onnxruntime (CPU rows)", _onnxruntime, _CPU, 1, 15, False, None),
+    ("fused_torch", "bcrn_fast.fused, backend=torch (PyTorch ops)", _fused("torch"), _ANY, 0, 2, False, "torch"),
+    ("fused_triton", "bcrn_fast.fused, backend=triton", _fused("triton"), _GPU, 0, 20, False, "triton"),
+    ("fused_cuda", "bcrn_fast.fused, backend=cuda (the CUDA extension)", _fused("cuda"), _GPU, 0, 5, False, "cuda"),
+    ("fused_triton_graph", "fused_triton in one CUDA graph", _fused_graph("triton"), _GPU, 0, 20, False, "triton"),
+)
+VARIANTS: dict[str, Variant] = {row[0]: Variant(*row) for row in _TABLE}
 ALL_VARIANTS = tuple(VARIANTS)
 # Order of rows when each row runs in its own process (--isolate): the baselines first, so a fused row that
 # faults cannot cost them; then the fused rows; the slow compile modes last (a time budget cuts those).
 ISOLATED_ORDER = (
-    "eager",
-    "eager_cl",
-    "inductor",
-    "onnxruntime",
-    "fused_triton",
-    "fused_triton_graph",
-    "fused_cuda",
-    "fused_torch",
-    "cudagraphs",
-    "inductor_reduce_overhead",
-    "inductor_max_autotune",
+    *("eager", "eager_cl", "inductor", "onnxruntime"),
+    *("fused_triton", "fused_triton_graph", "fused_cuda", "fused_torch"),
+    *("cudagraphs", "inductor_reduce_overhead", "inductor_max_autotune"),
 )
 COMPILE_VARIANTS = tuple(n for n, v in VARIANTS.items() if v.torch_compile)
 DEFAULT_VARIANTS = {
     "cpu": ("eager", "eager_cl", "inductor", "onnxruntime", "fused_torch"),
     "cuda": tuple(n for n in ALL_VARIANTS if n not in ("fused_torch", "onnxruntime")),
 }
-QUICK_VARIANTS = {
-    "cpu": ("eager", "eager_cl", "fused_torch"),
-    "cuda": DEFAULT_VARIANTS["cuda"],
-}
+QUICK_VARIANTS = {"cpu": ("eager", "eager_cl", "fused_torch"), "cuda": DEFAULT_VARIANTS["cuda"]}
+
+
+def expand_names(spec: str, known: Iterable[str], groups: Mapping[str, Sequence[str]], unknown: str) -> list[str]:
+    """The names of a comma list ``spec``, group names expanded, duplicates dropped (first one kept).
+
+    Raises ``ValueError(unknown.format(item=...))`` for an item that is neither a name nor a group.
+    """
+    known = set(known)
+    names: list[str] = []
+    for item in (s.strip() for s in spec.split(",")):
+        if item in groups:
+            names.extend(groups[item])
+        elif item in known:
+            names.append(item)
+        elif item:
+            raise ValueError(unknown.format(item=repr(item)))
+    return list(dict.fromkeys(names))
 
 
 def resolve_variants(spec: str | None, device_type: str, quick: bool = False) -> list[str]:
     """Variant names from ``spec`` (comma list, ``all``, ``default``, ``quick``; None = per device default)."""
-    if not spec:
-        spec = "quick" if quick else "default"
-    names: list[str] = []
-    for item in (s.strip() for s in spec.split(",")):
-        if not item:
-            continue
-        if item == "all":
-            names.extend(ALL_VARIANTS)
-        elif item == "default":
-            names.extend(DEFAULT_VARIANTS[device_type])
-        elif item == "quick":
-            names.extend(QUICK_VARIANTS[device_type])
-        elif item == "compile":
-            names.extend(COMPILE_VARIANTS)
-        elif item in VARIANTS:
-            names.append(item)
-        else:
-            raise ValueError(f"unknown variant {item!r}; choose from {', '.join(ALL_VARIANTS)} (or all/default/quick)")
-    if "eager" not in names:
-        names.insert(0, "eager")  # the baseline every speedup is relative to
-    return list(dict.fromkeys(names))
+    groups = {
+        "all": ALL_VARIANTS,
+        "default": DEFAULT_VARIANTS[device_type],
+        "quick": QUICK_VARIANTS[device_type],
+        "compile": COMPILE_VARIANTS,
+    }
+    unknown = "unknown variant {item}; choose from " + ", ".join(ALL_VARIANTS) + " (or all/default/quick)"
+    names = expand_names(spec or ("quick" if quick else "default"), VARIANTS, groups, unknown)
+    return names if "eager" in names else ["eager", *names]  # the baseline every speedup is relative to
