@@ -38,6 +38,12 @@ def _cuda_build_module():
     return mod
 
 
+def _cuda_sources() -> list[str]:
+    """The extension's sources as listed once, in ``csrc/build.py`` (the binding first, then the kernels)."""
+    cuda_build = _cuda_build_module()
+    return [f"csrc/{name}" for name in (cuda_build.BINDING_SOURCE, *cuda_build.KERNEL_SOURCES)]
+
+
 class BuildExtWithNvcc(build_ext):
     """``build_ext`` that builds ``bcrn_fast._C`` with nvcc, or explains why not and skips it."""
 
@@ -90,7 +96,7 @@ setup(
     ext_modules=[
         Extension(
             "bcrn_fast._C",
-            sources=["csrc/bindings.cpp", "csrc/bsconv.cu", "csrc/convnext.cu", "csrc/bcb_front.cu", "csrc/cca.cu"],
+            sources=_cuda_sources(),
             optional=True,
         )
     ],

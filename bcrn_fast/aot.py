@@ -20,7 +20,10 @@ Besides the cubin's static figures it records Triton's dynamic shared memory
 (``CompiledKernel.metadata.shared``, what occupancy depends on) and the Triton
 version. The launches are driven once more with the int64 offset path forced
 (``WIDE_INDEX``, taken for images whose largest offset reaches 2^31) at the
-largest shape, so those variants are checked too.
+largest shape, so those variants are checked too. Every row of each kernel
+file's ``CONFIGS`` table must be picked by some driven launch (a few standalone
+modules also run on a 4x4 map for the small-tile rows), so a new row is a new
+compile check.
 
 Run ``python -m bcrn_fast.aot [--archs 80,86,89,90] [--quick] [--json FILE]
 [--markdown FILE]`` with ``TRITON_INTERPRET`` unset; ``--quick`` drives two
@@ -118,6 +121,7 @@ class Recorder:
     def __init__(self, archs: tuple[int, ...]) -> None:
         self.archs = archs
         self.reports: list[KernelReport] = []
+        self.rows_hit: set[tuple[str, int]] = set()  # (kernel file, row of its CONFIGS) the launchers looked up
         self._seen: set[str] = set()
 
     def run(self, fn, *args, grid, warmup, **kwargs):  # noqa: ANN001 - mirrors JITFunction.run
@@ -173,6 +177,56 @@ class Recorder:
 
 
 @contextlib.contextmanager
+def _triton_on_any_device() -> Iterator[None]:
+    """Within the block, ``backend="triton"`` accepts CPU tensors: the launches are recorded, nothing runs."""
+    original = backends.triton_can_run
+    backends.triton_can_run = lambda device: True
+    try:
+        yield
+    finally:
+        backends.triton_can_run = original
+
+
+CONFIG_TABLES = ("bsconv", "convnext", "cca", "esa")  # kernels/<name>.py files with a CONFIGS table
+
+
+def config_rows() -> list[tuple[str, int, object]]:
+    """Every launch-configuration row: (kernel file, index, ``Rule``) of each ``CONFIGS`` table."""
+    import importlib
+
+    rows = []
+    for name in CONFIG_TABLES:
+        table = importlib.import_module(f"bcrn_fast.kernels.{name}").CONFIGS
+        rows += [(name, i, rule) for i, rule in enumerate(table)]
+    return rows
+
+
+@contextlib.contextmanager
+def _rows_looked_up(hits: set[tuple[str, int]]) -> Iterator[None]:
+    """Within the block, each ``CONFIGS`` row a launcher picks is added to ``hits`` (the launch follows)."""
+    import importlib
+
+    modules = {name: importlib.import_module(f"bcrn_fast.kernels.{name}") for name in CONFIG_TABLES}
+    originals = {name: m.pick for name, m in modules.items()}
+
+    def spy(name: str):  # noqa: ANN202
+        def pick(rules, **facts):  # noqa: ANN001, ANN202 - mirrors bcrn_fast.kernels.pick
+            config = originals[name](rules, **facts)
+            hits.add((name, next(i for i, r in enumerate(rules) if r.config is config)))
+            return config
+
+        return pick
+
+    for name, m in modules.items():
+        m.pick = spy(name)
+    try:
+        yield
+    finally:
+        for name, m in modules.items():
+            m.pick = originals[name]
+
+
+@contextlib.contextmanager
 def recording(archs: tuple[int, ...]) -> Iterator[Recorder]:
     """Within the block, Triton launches compile for ``archs`` instead of running."""
     from triton.runtime.jit import JITFunction
@@ -182,13 +236,11 @@ def recording(archs: tuple[int, ...]) -> Iterator[Recorder]:
     rec = Recorder(archs)
     original = JITFunction.run
     JITFunction.run = lambda self, *a, grid, warmup, **k: rec.run(self, *a, grid=grid, warmup=warmup, **k)
-    previous = backends._recording
-    backends._recording = True
     try:
-        yield rec
+        with _triton_on_any_device(), _rows_looked_up(rec.rows_hit):
+            yield rec
     finally:
         JITFunction.run = original
-        backends._recording = previous
 
 
 # (N, H, W) driven per dtype: 15x15 (pooled ESA map 1x1, the smallest tiles),
@@ -196,6 +248,8 @@ def recording(archs: tuple[int, ...]) -> Iterator[Recorder]:
 AOT_SHAPES = ((1, 15, 15), (1, 24, 20), (1, 48, 40), (2, 180, 320))
 QUICK_SHAPES = ((1, 15, 15), (2, 180, 320))  # --quick: the smallest and the largest tiles
 WIDE_SHAPE = (2, 180, 320)  # driven again with the int64 offset path forced (what a > 5.6 M-pixel image takes)
+# Standalone BSConv / ConvNeXt / CCA (no ESA, which needs 15x15) on a 4x4 map: the small-tile table rows
+SMALL_SHAPE = (1, 4, 4)
 
 
 @contextlib.contextmanager
@@ -228,6 +282,7 @@ def drive_all(
         FusedESA(backend="triton"),
         FusedBCB(backend="triton"),
     ]
+    small = [m for m in standalone if not isinstance(m, (FusedESA, FusedBCB))]
     runs = [(shape, False) for shape in shapes] + ([(wide_shape, True)] if wide_shape else [])
     with torch.inference_mode():
         for dtype, precision in modes:
@@ -245,14 +300,42 @@ def drive_all(
                         model(torch.rand(n, 3, h, w, dtype=dtype))
                     for m in standalone:
                         m.to(dtype).set_backend("triton", precision)
-                        channels = m.pw.in_channels if isinstance(m, FusedBSConv) else 64
-                        m(torch.rand(n, channels, h, w, dtype=dtype))
+                        m(torch.rand(n, _in_channels(m), h, w, dtype=dtype))
+            n, h, w = SMALL_SHAPE
+            for m in small:
+                m.to(dtype).set_backend("triton", precision)
+                m(torch.rand(n, _in_channels(m), h, w, dtype=dtype))
+        _drive_small_esa_apply()
 
 
-def compile_all(archs: tuple[int, ...] = ARCHS, quick: bool = False, progress: bool = False) -> list[KernelReport]:
+def _in_channels(module: torch.nn.Module) -> int:
+    return module.pw.in_channels if hasattr(module, "pw") else 64
+
+
+def _drive_small_esa_apply() -> None:
+    """esa_apply's launcher on a 4x4 map (the op itself needs 15x15): the fp32 IEEE small-tile row."""
+    from bcrn_fast.fused import FusedESA
+    from bcrn_fast.ops.esa import esa_apply_triton
+
+    n, h, w = SMALL_SHAPE
+    pack = FusedESA()._packed(torch.float32).esa
+    t = torch.rand(n, 64, h, w).to(memory_format=torch.channels_last)
+    c3 = torch.rand(n, 16, 1, 1).to(memory_format=torch.channels_last)
+    out = torch.empty_like(t)
+    esa_apply_triton(t, c3, pack.wf, pack.bf, pack.w4, pack.b4, out, 0, None, None, None, None, "ieee")
+
+
+def compile_all(
+    archs: tuple[int, ...] = ARCHS, quick: bool = False, progress: bool = False
+) -> tuple[list[KernelReport], list[dict]]:
+    """The compiled kernel configurations, and every ``CONFIGS`` row with whether a launch compiled it."""
     with recording(archs) as rec:
         drive_all(QUICK_SHAPES if quick else AOT_SHAPES, progress=progress)
-    return rec.reports
+    rows = [
+        {"table": name, "row": i, "when": rule.when, "config": repr(rule.config), "compiled": (name, i) in rec.rows_hit}
+        for name, i, rule in config_rows()
+    ]
+    return rec.reports, rows
 
 
 def failures(reports: list[KernelReport]) -> list[KernelReport]:
@@ -384,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
 
     archs = _parse_archs(args.archs)
     start = time.monotonic()
-    reports = compile_all(archs, quick=args.quick, progress=True)
+    reports, rows = compile_all(archs, quick=args.quick, progress=True)
     run = {
         "triton": _triton_version(),
         "torch": torch.__version__,
@@ -393,6 +476,7 @@ def main(argv: list[str] | None = None) -> int:
         "wall_s": round(time.monotonic() - start, 1),
         "date": time.strftime("%Y-%m-%d"),
         "reports": [asdict(r) for r in reports],
+        "rows": rows,
     }
     print(format_report(reports))
     if args.markdown:
@@ -406,12 +490,16 @@ def main(argv: list[str] | None = None) -> int:
             f"dyn_shared={r.dyn_shared} (limit {SMEM_LIMIT.get(r.arch, 101376)})",
             file=sys.stderr,
         )
+    missed = [r for r in rows if not r["compiled"]]
+    for r in missed:
+        print(f"FAIL kernels/{r['table']}.py CONFIGS[{r['row']}] {r['when']}: never compiled", file=sys.stderr)
     print(
         f"{len(reports)} kernel configurations compiled with Triton {run['triton']} for "
-        f"{','.join(map(str, archs))} in {run['wall_s']:.0f} s, {len(bad)} failing",
+        f"{','.join(map(str, archs))} in {run['wall_s']:.0f} s, {len(bad)} failing; "
+        f"{len(rows) - len(missed)}/{len(rows)} config-table rows compiled",
         file=sys.stderr,
     )
-    return 1 if bad else 0
+    return 1 if bad or missed else 0
 
 
 if __name__ == "__main__":

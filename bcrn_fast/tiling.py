@@ -231,17 +231,7 @@ class _FusedOps:
         return self.model.conv1.run(x)
 
     def front(self, k: int, f: Tensor, s: Tensor | None) -> tuple[Tensor, Tensor]:
-        b = self.blocks[k]
-        dt = f.dtype
-        esa_pre = b.esa._packed(dt).pre
-        if b._backend_for(f) == "cuda":  # BSConv + ConvNeXt as one CUDA kernel, as FusedBCB.run does
-            from bcrn_fast.ops import cuda_ext
-
-            return cuda_ext.bcb_front_packed(
-                f, b.conv._packed(dt), b.convNextBlock._packed(dt), esa_pre, s, precision=b.precision
-            )
-        t1 = b.conv.run(f, in_scale=s)
-        return b.convNextBlock.run(t1, esa_pre=esa_pre)  # t2 and the ESA pre-map a = pw2·conv1(t2)
+        return self.blocks[k].front(f, s)  # t2 and the ESA pre-map a = pw2·conv1(t2)
 
     def pool(self, k: int, a: Tensor) -> Tensor:
         e = self.blocks[k].esa

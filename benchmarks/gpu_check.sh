@@ -279,7 +279,7 @@ if wanted tests; then
   else
     FILES=()
     for f in test_fused_modules.py test_fused_model.py test_gpu_kernels.py test_op_bsconv.py test_op_convnext.py \
-             test_op_cca.py test_op_esa.py test_cuda_ext.py; do
+             test_op_bcb_front.py test_op_cca.py test_op_esa.py test_cuda_ext.py; do
       [ -f "$TESTS_DIR/$f" ] && FILES+=("$TESTS_DIR/$f")
     done
     T_STATE=ok; NOTE=""

@@ -71,7 +71,7 @@ constexpr int kMinBlocks = 2;
 __device__ __forceinline__ float gelu_erf(float v) { return 0.5f * v * (1.0f + erff(v * 0.70710678118654752f)); }
 
 __device__ __forceinline__ float activate(float v, int act) {
-    if (act == kActRelu) return v > 0.0f ? v : 0.0f;
+    if (act == kActRelu) return v < 0.0f ? 0.0f : v;  // NaN stays NaN, as torch.relu
     if (act == kActGelu) return gelu_erf(v);
     return v;
 }

@@ -3,18 +3,24 @@
 One file per fusion; each kernel opens with the formula it computes and the
 tile one program owns. Launchers, checks and dispatch live in
 ``bcrn_fast.ops``.
+
+Each kernel file ends with its launch configurations as data: a ``CONFIGS``
+decision table of :class:`Rule` rows (first match wins) and a small lookup.
+This package imports no Triton, so ``bcrn_fast.ops`` may read the tables.
 """
+
+from __future__ import annotations
 
 from typing import NamedTuple
 
 
 class Config(NamedTuple):
-    """One row of a kernel file's ``CONFIGS`` table: the largest tile and the launch shape.
+    """One launch configuration: the largest pixel tile and the launch shape.
 
-    ``block_p`` is the pixel tile on large maps (launchers halve it on small
-    maps, see ``bcrn_fast.ops._common.pixel_block``); ``block_k`` the input
-    channel chunk where the kernel has one (0: none); ``why`` the ptxas fact
-    (registers / spills, arch, Triton version) that chose it.
+    ``block_p`` is the pixel tile on large maps (``shrink``: halved on small
+    maps, see :func:`pixel_tile`; otherwise fixed); ``block_k`` caps the input
+    channel chunk where the kernel has one (0: no cap / none); ``why`` the
+    ptxas fact (registers / spills, arch, Triton version) that chose it.
     """
 
     block_p: int
@@ -22,3 +28,37 @@ class Config(NamedTuple):
     num_stages: int = 1
     block_k: int = 0
     why: str = ""
+    shrink: bool = True
+
+
+class Rule(NamedTuple):
+    """A row of a ``CONFIGS`` table: ``config`` applies when every fact in ``when`` holds (absent: any)."""
+
+    when: dict[str, object]
+    config: Config
+
+
+def pick(rules: tuple[Rule, ...], **facts: object) -> Config:
+    """The config of the first row of ``rules`` whose ``when`` matches ``facts``."""
+    for rule in rules:
+        if all(facts[k] == v for k, v in rule.when.items()):
+            return rule.config
+    raise LookupError(f"no launch configuration for {facts}")
+
+
+def natural_tile(hw: int, channels: int) -> int:
+    """The map-size rule every launcher shares: pixels per program before any per-mode cap.
+
+    A program owns ``BLOCK_P`` pixels of one image times all channels; keep the
+    ``[BLOCK_P, C]`` fp32 tile near 8K elements so it lives in registers, and
+    halve it (down to 16) while it is at least twice the map.
+    """
+    block = 128 if channels <= 64 else 64
+    while block > 16 and block >= 2 * hw:
+        block //= 2
+    return block
+
+
+def pixel_tile(config: Config, hw: int, channels: int) -> int:
+    """``BLOCK_P`` for ``config`` on an ``hw``-pixel map of ``channels``-wide tiles."""
+    return min(config.block_p, natural_tile(hw, channels)) if config.shrink else config.block_p

@@ -6,8 +6,11 @@ on load, GELU, + F0) and the upsampler (pixel shuffle as store addressing).
 Launcher, checks and dispatch: ``bcrn_fast.ops.bsconv``.
 """
 
+import torch
 import triton
 import triton.language as tl
+
+from . import Config, Rule, natural_tile, pick, pixel_tile
 
 _INV_SQRT2 = tl.constexpr(0.7071067811865476)  # 1/sqrt(2) for the exact GELU
 
@@ -140,3 +143,38 @@ def bsconv_kernel(
         acc += tl.load(res_ptr + n * srn + r_off, mask=mask, other=0.0).to(tl.float32)
     y_off = oh_r[:, None] * syh + ow_r[:, None] * syw + (c * syc + si * syh + sj * syw)[None, :]
     tl.store(y_ptr + n * syn + y_off, acc.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+# --------------------------------------------------------------------------- launch configurations
+# From ptxas resource usage of the AOT-compiled kernel (``python -m bcrn_fast.aot``, sm_80, sm_86, sm_89 and
+# sm_90 under Triton 3.6 and 3.9); every row is spill-free on all of them. Facts: ``mode`` "ieee" (fp32 FMA
+# dots, no tensor cores, nothing to pipeline), "tf32" (fp32) or "half" (fp16/bf16); ``narrow``: the tile is
+# at most 16 channels wide (Cout and the K chunk); ``cout_pad``; ``wide``: the int64 offset path (images past
+# 2^31 element offsets, more address registers); ``big``: the unshrunk tile reaches [128, 64] elements.
+# fmt: off
+CONFIGS = (
+    Rule({"narrow": True, "mode": "ieee"}, Config(32, 4, 1, shrink=False, why="ESA low-res branch: [16, 16] spills 8 B on 2 or 4 warps")),  # noqa: E501
+    Rule({"narrow": True, "wide": True}, Config(32, 4, 2, shrink=False, why="int64 offsets: 3 stages spill 8 B (tf32, sm_80)")),  # noqa: E501
+    Rule({"narrow": True}, Config(32, 4, 3, shrink=False, why="[32, 16] on 4 warps: clean for every dtype and arch")),  # noqa: E501
+    Rule({"mode": "ieee", "cout_pad": 64}, Config(16, 4, 1, block_k=32, why="BLOCK_K 64 spills 8 B on sm_86/sm_89 (Triton 3.6, 4 warps; 2 or 8 warps spill on sm_80/sm_90)")),  # noqa: E501
+    Rule({"mode": "ieee"}, Config(16, 4, 1, why="FMA dots spill above BLOCK_P 16 at 64 channels")),
+    Rule({"mode": "tf32", "cout_pad": 32}, Config(32, 2, 3, why="x3 upsampler: 4 warps spill 8 B on sm_90")),
+    Rule({"mode": "tf32"}, Config(32, 4, 3, why="BLOCK_P 64 spills on sm_80 even on 8 warps; Cout 16: 2 warps spill on sm_80 (3.6), sm_86/sm_89 (3.9)")),  # noqa: E501
+    Rule({"mode": "half", "cout_pad": 32}, Config(64, 4, 3, why="x3 upsampler: [128, 32] on 8 warps spills 8 B on sm_86/sm_89 (Triton 3.6)")),  # noqa: E501
+    Rule({"mode": "half", "big": True, "wide": True}, Config(64, 8, 3, why="int64 offsets: 128 pixels spill 8-24 B on sm_80, sm_86/sm_89 (4 or 8 warps)")),  # noqa: E501
+    Rule({"mode": "half", "big": True}, Config(128, 8, 3, why="[128, 64] spills on 4 warps")),
+    Rule({"mode": "half"}, Config(128, 4, 3, why="tiles below [128, 64]: 4 warps, no spills")),
+)
+# fmt: on
+
+
+def launch_config(
+    hw: int, cout_pad: int, block_k: int, dtype: torch.dtype, precision: str, wide_index: bool = False
+) -> tuple[int, int, int, int]:
+    """(BLOCK_P, BLOCK_K, num_warps, num_stages) of ``CONFIGS`` for an ``hw``-pixel output map."""
+    width = max(cout_pad, block_k)
+    mode = ("ieee" if precision == "ieee" else "tf32") if dtype == torch.float32 else "half"
+    big = natural_tile(hw, width) * width >= 128 * 64
+    config = pick(CONFIGS, mode=mode, narrow=width <= 16, cout_pad=cout_pad, wide=wide_index, big=big)
+    block_k = min(block_k, config.block_k) if config.block_k else block_k
+    return pixel_tile(config, hw, width), block_k, config.num_warps, config.num_stages

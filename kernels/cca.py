@@ -40,6 +40,8 @@ per tile (+ as much again per group); the merges and the MLP are negligible.
 import triton
 import triton.language as tl
 
+from . import Config, Rule, natural_tile, pick, pixel_tile
+
 
 @triton.jit
 def cca_tile_partials(x, pmask, count):
@@ -273,3 +275,23 @@ def channel_scale_kernel(
         y.to(y_ptr.dtype.element_ty),
         mask=pmask[:, None],
     )
+
+
+# --------------------------------------------------------------------------- launch configurations
+# cca_scale_kernel and channel_scale_kernel (and esa_apply_kernel's tensor-core modes): a [BLOCK_P, C] tile.
+# Ahead-of-time compiled for sm_90 with the JIT's divisibility hints, a [128, 64] tile needs 105-122
+# registers/thread at 4 warps but 63-64 at 8 (105 for fp16 esa_apply), doubling occupancy of these
+# memory-bound kernels. Fact ``big``: the tile has 4K elements or more.
+# fmt: off
+CONFIGS = (
+    Rule({"big": True}, Config(128, 8, why="[128, 64] at 4 warps: 105-122 registers, at 8: 63-64 (sm_90)")),
+    Rule({}, Config(128, 4, why="tiles under 4K elements: 4 warps")),
+)
+# fmt: on
+
+
+def launch_config(hw: int, channels: int) -> tuple[int, int]:
+    """(BLOCK_P, num_warps) of ``CONFIGS`` for a ``[BLOCK_P, channels]`` tile over ``hw`` pixels."""
+    tile = natural_tile(hw, channels)
+    config = pick(CONFIGS, big=tile * channels >= 4096)
+    return pixel_tile(config, hw, channels), config.num_warps

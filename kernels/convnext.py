@@ -14,8 +14,11 @@ every fp32 ``h`` (``tests/test_gelu.py`` sweeps the fp32 values and states the
 bound; docs/fused-ops.md, "GELU").
 """
 
+import torch
 import triton
 import triton.language as tl
+
+from . import Config, Rule, natural_tile, pick, pixel_tile
 
 # p(b) = Σ_k _GELU_P[k]·b^k ≈ log2(½·erfc(b/√2)), fp32 values (exactly representable as written)
 _GP0 = tl.constexpr(-0.9999997019767761)
@@ -189,3 +192,26 @@ def convnext_kernel(
         a += tl.load(ab_ptr + offs_e, mask=e_mask, other=0.0)[None, :]
         a_off = qh[:, None] * sah + qw[:, None] * saw + offs_e[None, :] * sac
         tl.store(a_ptr + n * san + a_off, a.to(a_ptr.dtype.element_ty), mask=p_mask[:, None] & e_mask[None, :])
+
+
+# --------------------------------------------------------------------------- launch configurations
+# From ptxas resource usage of the AOT-compiled kernel (C 64, HID 256, sm_80 and sm_90). Registers at these
+# configs (Triton 3.9, pipelined tap loop, polynomial GELU; sm_80 / sm_90, 0 spills): half 188-194 / 131-132,
+# tf32 168 / 214, IEEE 96 / 90. Facts: ``mode`` "ieee" / "tf32" (fp32) or "half"; ``wide``: the int64 offset
+# path; ``big``: the unshrunk tile is [128, 64]. The launcher passes no num_stages (Triton's default).
+# fmt: off
+CONFIGS = (
+    Rule({"mode": "ieee", "wide": True}, Config(16, 8, why="int64 offsets: 4 warps spill 8 B on sm_86/sm_89 (Triton 3.9)")),  # noqa: E501
+    Rule({"mode": "ieee"}, Config(16, 4, why="FMA dots (no tensor cores) spill above BLOCK_P 16")),
+    Rule({"mode": "tf32"}, Config(64, 4, why="tf32: BLOCK_P 64 on 4 warps, no spills")),
+    Rule({"mode": "half", "big": True}, Config(128, 8, why="half: BLOCK_P 128 on 8 warps, more pixels per W1/W2 chunk load")),  # noqa: E501
+    Rule({"mode": "half"}, Config(128, 4, why="tiles below 128 pixels: 4 warps")),
+)
+# fmt: on
+
+
+def launch_config(hw: int, dtype: torch.dtype, precision: str, wide_index: bool = False) -> tuple[int, int]:
+    """(BLOCK_P, num_warps) of ``CONFIGS`` for an ``hw``-pixel map (C = 64)."""
+    mode = ("ieee" if precision == "ieee" else "tf32") if dtype == torch.float32 else "half"
+    config = pick(CONFIGS, mode=mode, wide=wide_index, big=natural_tile(hw, 64) == 128)
+    return pixel_tile(config, hw, 64), config.num_warps

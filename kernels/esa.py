@@ -12,6 +12,7 @@ finalisation of the CCA scale.
 import triton
 import triton.language as tl
 
+from . import Config, Rule, natural_tile, pick, pixel_tile
 from .cca import cca_merge_tile, cca_tile_partials
 
 
@@ -241,3 +242,23 @@ def esa_apply_kernel(
             C,
             R,
         )
+
+
+# --------------------------------------------------------------------------- launch configurations
+# esa_apply_kernel with fp32 IEEE dots (FMA loops, no tensor cores); its other modes take kernels/cca.py's
+# rows (the same [BLOCK_P, 64] tile and register budget). esa_pool_kernel runs the fixed POOL_BLOCK.
+# Fact ``big``: the (capped) tile has 4K elements or more.
+FMA_BLOCK_P = 64  # esa_apply at [128, 64] spills 1.6 KB of stack even at 8 warps; [64, 64] fits in 172 registers
+# fmt: off
+CONFIGS = (
+    Rule({"big": True}, Config(FMA_BLOCK_P, 8, why="[64, 64] FMA dots: 172 registers on 8 warps, no spills")),
+    Rule({}, Config(FMA_BLOCK_P, 4, why="tiles under 4K elements: 4 warps")),
+)
+# fmt: on
+
+
+def launch_config(hw: int, channels: int) -> tuple[int, int]:
+    """(BLOCK_P, num_warps) of ``CONFIGS`` (fp32 IEEE esa_apply) for ``[BLOCK_P, channels]`` over ``hw`` pixels."""
+    tile = min(natural_tile(hw, channels), FMA_BLOCK_P)
+    config = pick(CONFIGS, big=tile * channels >= 4096)
+    return pixel_tile(config, hw, channels), config.num_warps

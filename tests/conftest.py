@@ -58,6 +58,10 @@ DECIDED_TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET")
 # Make `tests.utils` importable when pytest runs from the project root.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+# The CUDA-extension fixtures (emu_module, gpu_module, target, host_cuda, backend, cuda_build) for every test
+# module; imported only now, after TRITON_INTERPRET is decided (they import bcrn_fast).
+from tests.cuda_fixtures import backend, cuda_build, emu_module, gpu_module, host_cuda, target  # noqa: E402, F401
+
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     if _SETUP_ERROR is not None:

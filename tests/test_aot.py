@@ -34,7 +34,8 @@ GEMM_KERNELS = {"bsconv_kernel", "convnext_kernel", "esa_apply_kernel"}
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory):
+def aot_run(tmp_path_factory):
+    """``(returncode, run)`` of one ``python -m bcrn_fast.aot`` run for sm_80 and sm_90."""
     out = tmp_path_factory.mktemp("aot")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run(
@@ -62,7 +63,13 @@ def report(tmp_path_factory):
 
     assert run["triton"] == triton.__version__ and run["archs"] == [80, 90] and run["wall_s"] > 0
     assert (out / "aot.md").read_text().count(f"Triton {triton.__version__}") >= 2  # summary line and section
-    return proc.returncode, run["reports"]
+    return proc.returncode, run
+
+
+@pytest.fixture(scope="module")
+def report(aot_run):
+    rc, run = aot_run
+    return rc, run["reports"]
 
 
 def test_every_kernel_compiles_for_sm80_and_sm90(report):
@@ -71,6 +78,17 @@ def test_every_kernel_compiles_for_sm80_and_sm90(report):
         seen = {r["kernel"] for r in rows if r["arch"] == arch}
         assert seen == EXPECTED_KERNELS, f"sm_{arch}: compiled {sorted(seen)}"
     assert len(rows) > 100  # every dtype x precision x tile-size configuration
+
+
+def test_every_config_table_row_is_compiled(aot_run):
+    """Each row of each kernel file's CONFIGS table is picked by a driven launch: a new row is a new compile check."""
+    rc, run = aot_run
+    rows = run["rows"]
+    assert {r["table"] for r in rows} == {"bsconv", "convnext", "cca", "esa"}
+    missed = [r for r in rows if not r["compiled"]]
+    assert not missed, "config rows no driven shape compiles:\n" + "\n".join(
+        f"kernels/{r['table']}.py CONFIGS[{r['row']}] {r['when']}: {r['config']}" for r in missed
+    )
 
 
 def test_no_kernel_spills_or_uses_local_memory(report):

@@ -50,14 +50,14 @@ def test_bsconv_kernel_runs_compiled_on_the_gpu():
     from bcrn_fast.kernels.bsconv import bsconv_kernel
     from triton.runtime.jit import JITFunction
 
-    from bcrn_fast.ops.bsconv import bsconv_triton
+    from bcrn_fast.ops.bsconv import BSConvArgs, bsconv_triton
 
     torch.manual_seed(0)
     x = torch.randn(1, 16, 9, 11, device="cuda", dtype=torch.float64)
     pw = torch.randn(16, 32, device="cuda", dtype=torch.float64) / 4
     dw = torch.randn(9, 32, device="cuda", dtype=torch.float64) / 3
     b = torch.randn(32, device="cuda", dtype=torch.float64)
-    y = bsconv_triton(x.float(), pw.float(), dw.float(), b.float(), None, None, 3, 1, 1, 0, 0)
+    y = bsconv_triton(BSConvArgs(x.float(), pw.float(), dw.float(), b.float(), None, None, 3, 1, 1, 0, 0))
     # reference: pointwise 1x1 (pwᵀ) then depthwise 3x3, pad 1, in float64
     t = torch.einsum("nchw,co->nohw", x, pw)
     ref = torch.nn.functional.conv2d(t, dw.t().reshape(32, 1, 3, 3), b, padding=1, groups=32)

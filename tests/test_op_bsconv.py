@@ -3,32 +3,39 @@
 Every BSConvU shape BCRN uses: conv1 (Cin 3), the BCB conv (64, CCA scale on
 load), the 1x1 form, ESA's stride-2 valid 3x3, the tail conv2 (Cin 384 from a
 channel slice, scale + GELU + residual) and the upsampler (pixel-shuffle store,
-r = 2, 3, 4). Inputs are NaN guard-banded views; Triton outputs are written
-into NaN-poisoned, guard-banded buffers.
+r = 2, 3, 4). Inputs are NaN guard-banded views; every backend (torch, triton,
+cuda: the extension on a GPU, its emulator build on a CPU host) writes into a
+NaN-poisoned, guard-banded buffer, and the op's own allocation is checked for layout.
 """
 
 import copy
 import shutil
+from typing import NamedTuple
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bcrn_fast import model as M
 from bcrn_fast.model import (
     BSConvU,  # the class the reference model is built from
     make_upsampler,
 )
 from bcrn_fast.ops import _common
 from bcrn_fast.ops.bsconv import (
+    BSCONV_IMPLS,
+    BSConvArgs,
     BSConvPack,
     bsconv,
+    bsconv_cuda,
     bsconv_packed,
     bsconv_triton,
     pack_bsconv,
     pack_upsampler,
 )
 from bcrn_fast.validation import InputError
+from tests.cuda_fixtures import SHAPES, assert_written_exactly, f32, poisoned, rand_input, rand_like_module
 from tests.utils import assert_close_to_ref, guarded, rel_error
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -36,18 +43,53 @@ INTERPRETED = DEVICE == "cpu"
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 
-# id: (N, Cin, Cout, k, stride, pad, H, W, act, in_scale, residual, shuffle, layout)
+BACKENDS = ["torch", "triton", "cuda"]
+
+
+class Case(NamedTuple):
+    n: int
+    cin: int
+    cout: int
+    k: int
+    stride: int
+    pad: int
+    h: int
+    w: int
+    act: int  # 0 none, 1 relu, 2 GELU
+    has_scale: bool  # per-(n, cin) in_scale on load
+    has_res: bool  # residual added last
+    shuffle: int  # pixel-shuffle factor (0 = none)
+    layout: str  # "nchw", "nhwc" or "slice" (a channel slice of a wider NHWC buffer)
+
+
 CASES = {
-    "conv1_cin3": (2, 3, 64, 3, 1, 1, 17, 23, 0, False, False, 0, "nchw"),
-    "bcb_conv_scale_relu": (1, 64, 64, 3, 1, 1, 15, 15, 1, True, False, 0, "nhwc"),
-    "k1_64to16": (2, 64, 16, 1, 1, 0, 31, 9, 0, False, False, 0, "nchw"),
-    "k1_gelu_res": (1, 16, 16, 1, 1, 0, 15, 15, 2, True, True, 0, "nhwc"),
-    "esa_stride2_valid": (2, 16, 16, 3, 2, 0, 17, 23, 0, False, False, 0, "nhwc"),
-    "tail_cin384": (2, 384, 64, 3, 1, 1, 9, 13, 2, True, True, 0, "slice"),
-    "up_x2_res": (1, 64, 12, 3, 1, 1, 15, 15, 0, False, True, 2, "nhwc"),
-    "up_x3": (2, 64, 27, 3, 1, 1, 9, 13, 0, False, False, 3, "nchw"),
-    "up_x4": (1, 64, 48, 3, 1, 1, 17, 23, 0, False, False, 4, "nhwc"),
+    "conv1_cin3": Case(2, 3, 64, 3, 1, 1, 17, 23, 0, False, False, 0, "nchw"),
+    "bcb_conv_scale_relu": Case(1, 64, 64, 3, 1, 1, 15, 15, 1, True, False, 0, "nhwc"),
+    "k1_64to16": Case(2, 64, 16, 1, 1, 0, 31, 9, 0, False, False, 0, "nchw"),
+    "k1_gelu_res": Case(1, 16, 16, 1, 1, 0, 15, 15, 2, True, True, 0, "nhwc"),
+    "esa_stride2_valid": Case(2, 16, 16, 3, 2, 0, 17, 23, 0, False, False, 0, "nhwc"),
+    "tail_cin384": Case(2, 384, 64, 3, 1, 1, 9, 13, 2, True, True, 0, "slice"),
+    "up_x2_res": Case(1, 64, 12, 3, 1, 1, 15, 15, 0, False, True, 2, "nhwc"),
+    "up_x3": Case(2, 64, 27, 3, 1, 1, 9, 13, 0, False, False, 3, "nchw"),
+    "up_x4": Case(1, 64, 48, 3, 1, 1, 17, 23, 0, False, False, 4, "nhwc"),
 }
+
+
+def _cuda_unsupported(c: Case) -> str | None:
+    """Why the CUDA kernel cannot run case ``c`` (it is built for ksize 1 / 3, stride 1..4), or None."""
+    if c.k not in (1, 3) or c.stride > 4:
+        return f"the CUDA bsconv supports ksize 1/3 and stride <= 4 (case: ksize {c.k}, stride {c.stride})"
+    return None
+
+
+def _case_backend_params() -> list:
+    params = []
+    for name, c in CASES.items():
+        for b in BACKENDS:
+            why = _cuda_unsupported(c) if b == "cuda" else None
+            marks = [pytest.mark.skip(reason=why)] if why else []
+            params.append(pytest.param(name, b, id=f"{name}-{b}", marks=marks))
+    return params
 
 
 def _make_module(cin, cout, k, stride, pad, shuffle, seed=0) -> nn.Module:
@@ -92,56 +134,53 @@ def _check_guard_untouched(out: torch.Tensor) -> None:
 
 
 def _build(case: str, dtype: torch.dtype):
-    n, cin, cout, k, stride, pad, h, w, act, has_scale, has_res, shuffle, layout = CASES[case]
-    m = _make_module(cin, cout, k, stride, pad, shuffle)
+    c = CASES[case]
+    m = _make_module(c.cin, c.cout, c.k, c.stride, c.pad, c.shuffle)
     gen = torch.Generator().manual_seed(1)
-    x = torch.randn(n, cin, h, w, generator=gen).to(DEVICE, dtype)
-    s = (0.5 + torch.rand(n, cin, generator=gen)).to(DEVICE) if has_scale else None
-    ho, wo = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
-    r = max(shuffle, 1)
-    out_shape = (n, cout // (r * r), ho * r, wo * r)
-    res = torch.randn(out_shape, generator=gen).to(DEVICE, dtype) if has_res else None
+    x = torch.randn(c.n, c.cin, c.h, c.w, generator=gen).to(DEVICE, dtype)
+    s = (0.5 + torch.rand(c.n, c.cin, generator=gen)).to(DEVICE) if c.has_scale else None
+    ho, wo = (c.h + 2 * c.pad - c.k) // c.stride + 1, (c.w + 2 * c.pad - c.k) // c.stride + 1
+    r = max(c.shuffle, 1)
+    out_shape = (c.n, c.cout // (r * r), ho * r, wo * r)
+    res = torch.randn(out_shape, generator=gen).to(DEVICE, dtype) if c.has_res else None
 
     # float64 reference from the module itself (inputs as the kernel sees them)
     m64 = copy.deepcopy(m).double()
     x64 = x.double() * (s.double()[:, :, None, None] if s is not None else 1.0)
-    ref64 = _act(m64(x64), act) + (res.double() if res is not None else 0.0)
+    ref64 = _act(m64(x64), c.act) + (res.double() if res is not None else 0.0)
     # PyTorch's own result in the storage dtype
     mdt = copy.deepcopy(m).to(dtype)
     xdt = x * s[:, :, None, None].to(dtype) if s is not None else x
-    ref_dt = _act(mdt(xdt), act) + (res if res is not None else 0.0)
+    ref_dt = _act(mdt(xdt), c.act) + (res if res is not None else 0.0)
 
-    pack = pack_upsampler(m, dtype) if shuffle else pack_bsconv(m, dtype)
-    xin = _place(x, layout)
-    resin = guarded(res, channels_last=layout != "nchw") if res is not None else None
-    return pack, xin, s, resin, act, ref64, ref_dt, out_shape
+    pack = pack_upsampler(m, dtype) if c.shuffle else pack_bsconv(m, dtype)
+    xin = _place(x, c.layout)
+    resin = guarded(res, channels_last=c.layout != "nchw") if res is not None else None
+    return pack, xin, s, resin, c.act, ref64, ref_dt, out_shape
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("case", list(CASES))
-def test_bsconv_triton(case, dtype):
+@pytest.mark.parametrize("case, backend", _case_backend_params(), indirect=["backend"])
+def test_bsconv(case, backend, dtype):
+    """The backend writes exactly its poisoned output, within max(bound, 4x PyTorch's error) of float64;
+    the op's own allocation (same backend) is channels-last (NCHW-contiguous when shuffled), same bits."""
     pack, x, s, res, act, ref64, ref_dt, out_shape = _build(case, dtype)
     out = _poisoned_out(out_shape, dtype, pack.shuffle)
-    y = bsconv_triton(
-        x, pack.pw_t, pack.dw, pack.bias, s, res, pack.ksize, pack.stride, pack.padding, act, pack.shuffle,
-        "ieee", out=out,
-    )  # fmt: skip
+    args = BSConvArgs(
+        x, pack.pw_t, pack.dw, pack.bias, s, res, pack.ksize, pack.stride, pack.padding, act, pack.shuffle
+    )
+    y = BSCONV_IMPLS[backend](args, out=out)
     assert y is out
     _check_guard_untouched(out)
-    assert_close_to_ref(y, ref64, dtype, ref_dt, name=f"bsconv[triton] {case}")
+    assert_close_to_ref(y, ref64, dtype, ref_dt, name=f"bsconv[{backend}] {case}")
 
-
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("case", list(CASES))
-def test_bsconv_torch(case, dtype):
-    pack, x, s, res, act, ref64, ref_dt, out_shape = _build(case, dtype)
-    y = bsconv_packed(x, pack, in_scale=s, residual=res, act=act, backend="torch")
-    assert y.dtype == dtype and tuple(y.shape) == out_shape
+    y_op = bsconv_packed(x, pack, in_scale=s, residual=res, act=act, backend=backend)
+    assert y_op.dtype == dtype and tuple(y_op.shape) == out_shape
     if pack.shuffle:
-        assert y.is_contiguous(), "pixel-shuffled output must be NCHW contiguous"
+        assert y_op.is_contiguous(), "pixel-shuffled output must be NCHW contiguous"
     else:
-        assert y.is_contiguous(memory_format=torch.channels_last), "output must be channels-last"
-    assert_close_to_ref(y, ref64, dtype, ref_dt, name=f"bsconv[torch] {case}")
+        assert y_op.is_contiguous(memory_format=torch.channels_last), "output must be channels-last"
+    assert torch.equal(y_op, y), f"bsconv[{backend}] {case}: the op's result differs from the launcher's"
 
 
 def test_pixel_shuffle_store_matches_nn_pixelshuffle():
@@ -151,8 +190,8 @@ def test_pixel_shuffle_store_matches_nn_pixelshuffle():
         x = torch.randn(1, 16, 9, 7, device=DEVICE)
         packed = pack_upsampler(m)
         plain = BSConvPack(*packed[:6], shuffle=0)
-        y_plain = bsconv_triton(x, *plain[:3], None, None, 3, 1, 1, 0, 0)
-        y_shuf = bsconv_triton(x, *packed[:3], None, None, 3, 1, 1, 0, r)
+        y_plain = bsconv_triton(BSConvArgs(x, *plain[:3], None, None, 3, 1, 1, 0, 0))
+        y_shuf = bsconv_triton(BSConvArgs(x, *packed[:3], None, None, 3, 1, 1, 0, r))
         torch.testing.assert_close(y_shuf, nn.PixelShuffle(r)(y_plain), rtol=0, atol=0)
         assert y_shuf.is_contiguous() and y_shuf.shape == (1, 3, 9 * r, 7 * r)
 
@@ -160,12 +199,12 @@ def test_pixel_shuffle_store_matches_nn_pixelshuffle():
 def test_op_dispatch_triton_matches_launcher():
     pack, x, s, res, act, *_ = _build("k1_gelu_res", torch.float32)
     y_op = bsconv_packed(x, pack, in_scale=s, residual=res, act=act, backend="triton")
-    y_launch = bsconv_triton(x, *pack[:3], s, res, pack.ksize, pack.stride, pack.padding, act, 0)
+    y_launch = bsconv_triton(BSConvArgs(x, *pack[:3], s, res, pack.ksize, pack.stride, pack.padding, act, 0))
     torch.testing.assert_close(y_op, y_launch, rtol=0, atol=0)
     assert y_op.is_contiguous(memory_format=torch.channels_last)
 
 
-@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("backend", BACKENDS, indirect=True)
 @pytest.mark.parametrize("value", [0.0, 0.7, -3.0])
 def test_constant_input_is_finite(backend, value):
     m = _make_module(64, 48, 3, 1, 1, 4)
@@ -178,7 +217,7 @@ def test_constant_input_is_finite(backend, value):
     assert_close_to_ref(y, ref, torch.float16, name="constant input")
 
 
-@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("backend", ["torch", "triton", "cuda"], indirect=True)
 def test_relu_propagates_nan(backend):
     """act=1 keeps NaN like torch.relu (a GPU max.f32 would turn it into 0), for the ESA relu BSConvs."""
     m = _make_module(16, 16, 3, 1, 1, 0)
@@ -307,3 +346,100 @@ def test_tf32_mode_config():
         assert_close_to_ref(y, ref64, torch.float32, ref_dt, name="bsconv[triton, tf32]")
     else:  # precision contract for tf32 dots
         assert rel_error(y, ref64) < 1e-3
+
+
+# --------------------------------------------------------------------------- the CUDA kernel on random modules
+# (``target``: the emulator build on a CPU host, the extension on a GPU)
+
+
+class CudaCase(NamedTuple):
+    name: str
+    cin: int
+    cout: int
+    ksize: int
+    stride: int
+    padding: int
+    act: int  # 0 none, 1 relu, 2 GELU
+    shuffle: int  # pixel-shuffle factor (0 = none)
+    scale: bool  # per-(n, cin) in_scale on load
+    residual: bool  # residual added last
+
+
+# Random-weight modules on the CUDA kernel only, bounded by REL_TOL alone (no PyTorch-error allowance).
+BSCONV_CASES = [
+    CudaCase("3x3", 64, 64, 3, 1, 1, 0, 0, False, False),
+    CudaCase("3x3-scale-gelu-res", 64, 64, 3, 1, 1, 2, 0, True, True),
+    CudaCase("conv1-rgb", 3, 64, 3, 1, 1, 0, 0, False, False),
+    CudaCase("conv2-384", 384, 64, 3, 1, 1, 2, 0, True, True),
+    CudaCase("1x1-relu", 64, 16, 1, 1, 0, 1, 0, False, False),
+    CudaCase("esa-stride2", 16, 16, 3, 2, 0, 0, 0, False, False),
+    CudaCase("upsampler-x4", 64, 48, 3, 1, 1, 0, 4, False, True),
+    CudaCase("cout-80", 16, 80, 3, 1, 1, 1, 0, False, False),
+]
+
+
+def _bsconv_ref(x64, pw, dw, stride, padding, scale64, act, shuffle, res64):
+    xs = x64 * scale64[:, :, None, None] if scale64 is not None else x64
+    z = torch.nn.functional.conv2d(xs, pw)
+    y = torch.nn.functional.conv2d(z, dw.weight, dw.bias, stride=stride, padding=padding, groups=dw.groups)
+    if act == 1:
+        y = torch.relu(y)
+    elif act == 2:
+        y = torch.nn.functional.gelu(y)
+    if shuffle > 1:
+        y = torch.nn.functional.pixel_shuffle(y, shuffle)
+    return y + res64 if res64 is not None else y
+
+
+@pytest.mark.parametrize("case", BSCONV_CASES, ids=[c.name for c in BSCONV_CASES])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_bsconv_cuda(target, case, dtype, channels_last):
+    name, cin, cout, k, stride, padding = case.name, case.cin, case.cout, case.ksize, case.stride, case.padding
+    act, shuffle = case.act, case.shuffle
+    n, h, w = SHAPES[0]
+    dev = target.device
+    pw = torch.nn.Conv2d(cin, cout, 1, bias=False)
+    dw = torch.nn.Conv2d(cout, cout, k, stride=stride, padding=padding, groups=cout)
+    seq = rand_like_module(torch.nn.Sequential(pw, dw), seed=1)
+    s32 = f32(seq)
+    if shuffle:
+        pack = pack_upsampler(torch.nn.Sequential(s32[0], s32[1], torch.nn.PixelShuffle(shuffle)), dtype)
+    else:
+        pack = pack_bsconv((s32[0], s32[1]), dtype)
+    pack = pack._replace(pw_t=pack.pw_t.to(dev), dw=pack.dw.to(dev), bias=pack.bias.to(dev))
+    x, x64 = rand_input((n, cin, h, w), dtype, dev, channels_last)
+    scale = scale64 = None
+    if case.scale:
+        scale = torch.rand((n, cin), generator=torch.Generator().manual_seed(3)) + 0.5
+        scale64 = scale.double()
+        scale = scale.to(dev)
+    ho, wo = (h + 2 * padding - k) // stride + 1, (w + 2 * padding - k) // stride + 1
+    r = max(shuffle, 1)
+    out_shape = (n, cout // (r * r), ho * r, wo * r)
+    res = res64 = None
+    if case.residual:
+        res, res64 = rand_input(out_shape, dtype, dev, not channels_last, seed=4)
+    ref = _bsconv_ref(x64, seq[0].weight, seq[1], stride, padding, scale64, act, shuffle, res64)
+    out = poisoned(out_shape, dtype, dev, channels_last=shuffle <= 1)
+    args = BSConvArgs(x, pack.pw_t, pack.dw, pack.bias, scale, res, k, stride, padding, act, shuffle)
+    y = bsconv_cuda(args, out=out)
+    assert y is out
+    assert_written_exactly(y, f"bsconv {name}")
+    assert_close_to_ref(y.cpu(), ref, dtype, name=f"bsconv {name}")
+    # default allocation: channels-last (NCHW-contiguous when shuffled)
+    y2 = bsconv(*args[:-1], backend="cuda")  # the op: contract check, then the same kernel
+    assert y2.is_contiguous(memory_format=torch.contiguous_format if shuffle > 1 else torch.channels_last)
+    assert torch.equal(y2.cpu(), y.cpu())
+
+
+def test_bsconv_cuda_tiny_maps(target):
+    """Maps smaller than one tile (the ESA branch's ~H/6 map) in every direction."""
+    dev = target.device
+    conv = rand_like_module(M.ESA().conv3, seed=5)
+    pack = pack_bsconv(f32(conv), torch.float32)
+    pack = pack._replace(pw_t=pack.pw_t.to(dev), dw=pack.dw.to(dev), bias=pack.bias.to(dev))
+    for h, w in ((1, 1), (2, 3), (3, 2), (7, 40), (40, 1)):
+        x, x64 = rand_input((2, 16, h, w), torch.float32, dev, channels_last=True)
+        y = bsconv(x, pack.pw_t, pack.dw, pack.bias, act=_common.ACT_RELU, backend="cuda")
+        assert_close_to_ref(y.cpu(), torch.relu(conv(x64)), torch.float32, name=f"bsconv {h}x{w}")

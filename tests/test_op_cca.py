@@ -1,4 +1,4 @@
-"""cca_scale and channel_scale vs the reference CCALayer (float64), both backends.
+"""cca_scale and channel_scale vs the reference CCALayer (float64), torch and triton; cca_scale on CUDA.
 
 Triton runs through the interpreter on CPU (TRITON_INTERPRET=1, set before
 bcrn_fast is imported). Inputs live in NaN guard bands; errors are measured
@@ -11,10 +11,12 @@ import pytest
 import torch
 
 import bcrn_fast.ops.cca  # noqa: F401  (registers bcrn_fast::cca_scale, bcrn_fast::channel_scale)
+from bcrn_fast import model as M
 from bcrn_fast.model import CCALayer, mean_channels, stdv_channels
 from bcrn_fast.ops import backends
-from bcrn_fast.ops.cca import cca_scale, cca_scale_triton, channel_scale, pack_cca
+from bcrn_fast.ops.cca import cca_scale, cca_scale_cuda, cca_scale_triton, channel_scale, pack_cca
 from bcrn_fast.validation import InputError
+from tests.cuda_fixtures import SHAPES, f32, rand_input, rand_like_module, to_device
 from tests.utils import REL_TOL, assert_close_to_ref, guarded, inductor_unavailable, rel_error
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -218,3 +220,37 @@ def test_compile_fullgraph(compiler):
     got = torch.compile(fn, fullgraph=True, backend=compiler)(x, *w)
     ref = fn(x, *w)
     torch.testing.assert_close(got, ref)
+
+
+# --------------------------------------------------------------------------- the CUDA kernel on random modules
+# (``target``: the emulator build on a CPU host, the extension on a GPU)
+
+
+@pytest.mark.parametrize("shape", [*SHAPES, (2, 40, 53)], ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
+def test_cca_scale_cuda(target, shape, dtype, channels_last):
+    dev = target.device
+    cca = rand_like_module(M.CCALayer(), 40)
+    wts = to_device(dev, pack_cca(f32(cca)))
+    n, h, w = shape
+    # |mean| >> std: the case Σx / Σx² pooling gets wrong
+    x, x64 = rand_input((n, 64, h, w), dtype, dev, channels_last, scale=0.05, offset=3.0)
+    s = cca_scale_cuda(x, *wts)
+    ref = cca.conv_du(M.stdv_channels(x64) + M.mean_channels(x64)).flatten(1)
+    assert s.shape == (n, 64) and s.dtype == torch.float32 and s.is_contiguous()
+    assert_close_to_ref(s.cpu(), ref, torch.float32, name="cca s")  # fp32 statistics of the stored values
+    assert torch.equal(cca_scale_cuda(x, *wts).cpu(), s.cpu()), "cca_scale is not deterministic"
+
+
+def test_cca_scale_cuda_constant_channels(target):
+    """A constant channel has std exactly 0 (no NaN), the scale equals the reference."""
+    dev = target.device
+    cca = rand_like_module(M.CCALayer(), 41)
+    wts = to_device(dev, pack_cca(f32(cca)))
+    x64 = torch.full((2, 64, 33, 31), 0.7, dtype=torch.float64)
+    x64[1] = torch.linspace(-2, 2, 64, dtype=torch.float64)[:, None, None]
+    s = cca_scale_cuda(x64.float().to(dev), *wts).cpu()
+    ref = cca.conv_du(M.stdv_channels(x64) + M.mean_channels(x64)).flatten(1)
+    assert torch.isfinite(s).all()
+    assert_close_to_ref(s, ref, torch.float32, name="cca constant")

@@ -1,12 +1,14 @@
-"""bcrn_fast::convnext (fused ConvNeXt block + ESA pre-map epilogue), both backends.
+"""bcrn_fast::convnext (fused ConvNeXt block + ESA pre-map epilogue), every backend.
 
 References: ``bcrn_fast.model.ConvNeXtBlock`` and ``esa.conv2.pw(esa.conv1(y))``
-in float64. Inputs are NaN guard-banded views; Triton outputs are written into
-NaN-poisoned, guard-banded buffers.
+in float64. Inputs are NaN guard-banded views; every backend (torch, triton,
+cuda: the extension on a GPU, its emulator build on a CPU host) writes into
+NaN-poisoned, guard-banded buffers, and the op's own allocation is checked for layout.
 """
 
 import copy
 import shutil
+from typing import NamedTuple
 
 import pytest
 import torch
@@ -15,25 +17,46 @@ from torch import nn
 from bcrn_fast.model import ESA, ConvNeXtBlock
 from bcrn_fast.ops import _common
 from bcrn_fast.ops.convnext import (
+    CONVNEXT_IMPLS,
+    ConvNeXtArgs,
     convnext,
+    convnext_cuda,
     convnext_packed,
     convnext_triton,
     pack_convnext,
     pack_esa_pre,
 )
 from bcrn_fast.validation import InputError
+from tests.cuda_fixtures import (
+    assert_written_exactly,
+    block_packs,
+    over_layouts_and_dtypes,
+    poisoned,
+    rand_input,
+)
 from tests.utils import assert_close_to_ref, guarded, rel_error
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 INTERPRETED = DEVICE == "cpu"
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
-# id: (N, H, W, layout, esa epilogue)
+# Every case has C = 64 channels (ConvNeXtBlock's default), the one width the CUDA kernel is built for.
+BACKENDS = ["torch", "triton", "cuda"]
+
+
+class Case(NamedTuple):
+    n: int
+    h: int
+    w: int
+    layout: str  # "nchw" or "nhwc"
+    with_esa: bool  # the ESA pre-map epilogue
+
+
 CASES = {
-    "n2_17x23_nchw_esa": (2, 17, 23, "nchw", True),
-    "n1_15x15_nhwc_esa": (1, 15, 15, "nhwc", True),
-    "n2_31x9_nchw": (2, 31, 9, "nchw", False),
-    "n1_9x13_nhwc": (1, 9, 13, "nhwc", False),
+    "n2_17x23_nchw_esa": Case(2, 17, 23, "nchw", True),
+    "n1_15x15_nhwc_esa": Case(1, 15, 15, "nhwc", True),
+    "n2_31x9_nchw": Case(2, 31, 9, "nchw", False),
+    "n1_9x13_nhwc": Case(1, 9, 13, "nhwc", False),
 }
 
 
@@ -51,10 +74,10 @@ def _modules(seed: int = 0) -> tuple[ConvNeXtBlock, ESA]:
 
 
 def _build(case: str, dtype: torch.dtype):
-    n, h, w, layout, with_esa = CASES[case]
+    c = CASES[case]
     block, esa = _modules()
     gen = torch.Generator().manual_seed(1)
-    t = torch.randn(n, 64, h, w, generator=gen).to(DEVICE, dtype)
+    t = torch.randn(c.n, 64, c.h, c.w, generator=gen).to(DEVICE, dtype)
     b64, e64 = copy.deepcopy(block).double(), copy.deepcopy(esa).double()
     y64 = b64(t.double())
     a64 = e64.conv2.pw(e64.conv1(y64))
@@ -62,8 +85,8 @@ def _build(case: str, dtype: torch.dtype):
     ydt = bdt(t)
     adt = edt.conv2.pw(edt.conv1(ydt))
     pack = pack_convnext(block, dtype)
-    epack = pack_esa_pre(esa, dtype) if with_esa else None
-    tin = guarded(t, channels_last=layout == "nhwc")
+    epack = pack_esa_pre(esa, dtype) if c.with_esa else None
+    tin = guarded(t, channels_last=c.layout == "nhwc")
     return pack, epack, tin, (y64, a64), (ydt, adt)
 
 
@@ -78,43 +101,41 @@ def _check_guard_untouched(out: torch.Tensor) -> None:
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("backend", BACKENDS, indirect=True)
 @pytest.mark.parametrize("case", list(CASES))
-def test_convnext_triton(case, dtype):
+def test_convnext(case, backend, dtype):
+    """The backend writes exactly its poisoned outputs, within max(bound, 4x PyTorch's error) of float64;
+    the op's own allocations (same backend) are channels-last in x's dtype, same bits."""
     pack, epack, t, (y64, a64), (ydt, adt) = _build(case, dtype)
     y_out = _poisoned(tuple(t.shape), dtype)
     a_out = _poisoned((t.shape[0], 16, t.shape[2], t.shape[3]), dtype) if epack else None
     esa_args = (epack.a_w, epack.a_b) if epack else (None, None)
-    y, a = convnext_triton(t, *pack, *esa_args, "ieee", out=y_out, out_a=a_out)
+    y, a = CONVNEXT_IMPLS[backend](ConvNeXtArgs(t, *pack, *esa_args, "ieee"), out=y_out, out_a=a_out)
     assert y is y_out
     _check_guard_untouched(y)
-    assert_close_to_ref(y, y64, dtype, ydt, name=f"convnext[triton] {case} y")
+    assert_close_to_ref(y, y64, dtype, ydt, name=f"convnext[{backend}] {case} y")
     if epack:
         assert a is a_out
         _check_guard_untouched(a)
-        assert_close_to_ref(a, a64, dtype, adt, name=f"convnext[triton] {case} esa pre-map")
+        assert_close_to_ref(a, a64, dtype, adt, name=f"convnext[{backend}] {case} esa pre-map")
     else:
         assert a.numel() == 0
 
-
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("case", list(CASES))
-def test_convnext_torch(case, dtype):
-    pack, epack, t, (y64, a64), (ydt, adt) = _build(case, dtype)
-    y, a = convnext_packed(t, pack, epack, backend="torch")
-    assert y.dtype == dtype and y.is_contiguous(memory_format=torch.channels_last)
-    assert_close_to_ref(y, y64, dtype, ydt, name=f"convnext[torch] {case} y")
+    y_op, a_op = convnext_packed(t, pack, epack, backend=backend)
+    assert y_op.dtype == dtype and y_op.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(y_op, y), f"convnext[{backend}] {case}: the op's y differs from the launcher's"
     if epack:
-        assert a.dtype == dtype and a.is_contiguous(memory_format=torch.channels_last)
-        assert_close_to_ref(a, a64, dtype, adt, name=f"convnext[torch] {case} esa pre-map")
+        assert a_op.dtype == dtype and a_op.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(a_op, a), f"convnext[{backend}] {case}: the op's pre-map differs from the launcher's"
     else:
-        assert a.numel() == 0
+        assert a_op.numel() == 0
 
 
 def test_op_dispatch_triton_matches_launcher():
     pack, epack, t, *_ = _build("n1_9x13_nhwc", torch.float32)
     epack = pack_esa_pre(_modules()[1])
     y_op, a_op = convnext_packed(t, pack, epack, backend="triton")
-    y_l, a_l = convnext_triton(t, *pack, epack.a_w, epack.a_b)
+    y_l, a_l = convnext_triton(ConvNeXtArgs(t, *pack, epack.a_w, epack.a_b))
     torch.testing.assert_close(y_op, y_l, rtol=0, atol=0)
     torch.testing.assert_close(a_op, a_l, rtol=0, atol=0)
     assert y_op.is_contiguous(memory_format=torch.channels_last)
@@ -132,7 +153,7 @@ def test_esa_fold_matches_module():
     torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("backend", BACKENDS, indirect=True)
 @pytest.mark.parametrize("value", [0.0, 0.7, -3.0])
 def test_constant_input_is_finite(backend, value):
     block, esa = _modules()
@@ -247,3 +268,31 @@ def test_tf32_mode_config():
         assert_close_to_ref(a, a64, torch.float32, adt, name="convnext[triton, tf32] a")
     else:  # precision contract for tf32 dots
         assert rel_error(y, y64) < 1e-3 and rel_error(a, a64) < 1e-3
+
+
+# --------------------------------------------------------------------------- the CUDA kernel on random modules
+# (``target``: the emulator build on a CPU host, the extension on a GPU; bounded by REL_TOL alone)
+
+
+@over_layouts_and_dtypes
+@pytest.mark.parametrize("with_esa", [True, False], ids=["esa", "plain"])
+def test_convnext_cuda(target, layout, dtype, with_esa):
+    (n, h, w), channels_last = layout
+    dev = target.device
+    blk, esa, _, cp, ep = block_packs(dev, dtype, seed=10)
+    ep = ep if with_esa else (None, None)
+    x, x64 = rand_input((n, 64, h, w), dtype, dev, channels_last)
+    ref = blk(x64)
+    out = poisoned((n, 64, h, w), dtype, dev)
+    out_a = poisoned((n, 16, h, w), dtype, dev) if with_esa else None
+    y, a = convnext_cuda(ConvNeXtArgs(x, *cp, *ep), out=out, out_a=out_a)
+    assert y is out
+    assert_written_exactly(y, "convnext y")
+    if with_esa:
+        assert_written_exactly(a, "convnext a")
+    assert_close_to_ref(y.cpu(), ref, dtype, name="convnext y")
+    if with_esa:
+        assert a is out_a
+        assert_close_to_ref(a.cpu(), esa.conv2.pw(esa.conv1(ref)), dtype, name="convnext ESA pre-map")
+    else:
+        assert a.numel() == 0

@@ -17,12 +17,13 @@ from __future__ import annotations
 import copy
 import importlib
 from collections import Counter
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from bcrn_fast.ops import _common, backends
-from bcrn_fast.ops.bsconv import bsconv_triton
+from bcrn_fast.ops.bsconv import BSConvArgs, bsconv_triton
 from bcrn_fast.ops.cca import pack_cca
 from bcrn_fast.ops.esa import esa_apply_triton, esa_pool_triton, pack_esa
 from tests import test_op_bsconv as tb
@@ -65,25 +66,22 @@ def _spy(monkeypatch, log: list, forward: bool) -> None:
             monkeypatch.setattr(module, name, LaunchRecorder(name, kernel if forward else None, log))
 
 
-class DirectOps:
-    """Stands in for ``torch.ops.bcrn_fast``: calls each custom op's Python body directly.
+def _run_op_bodies(monkeypatch) -> None:
+    """Call each custom op's Python body directly (module attribute and ``torch.ops.bcrn_fast``).
 
     On the meta device the dispatcher would run the ops' fake (shape-only)
     implementations; the bodies run the real backend choice and launchers.
     """
+    from torch._library.custom_ops import CustomOpDef
 
-    def __init__(self) -> None:
-        from torch._library.custom_ops import CustomOpDef
-
-        self.ops = {}
-        for name in ("bsconv", "esa", "convnext", "cca"):
-            module = importlib.import_module(f"bcrn_fast.ops.{name}")
-            for value in vars(module).values():
-                if isinstance(value, CustomOpDef):
-                    self.ops[value._name] = value._init_fn
-
-    def __getattr__(self, name: str):
-        return self.ops[name]
+    ops = {}
+    for name in ("bsconv", "convnext", "bcb_front", "esa", "cca"):
+        module = importlib.import_module(f"bcrn_fast.ops.{name}")
+        for attr, value in list(vars(module).items()):
+            if isinstance(value, CustomOpDef):
+                ops[value._name] = value._init_fn
+                monkeypatch.setattr(module, attr, value._init_fn)
+    monkeypatch.setattr(torch.ops, "bcrn_fast", SimpleNamespace(**ops))
 
 
 # --------------------------------------------------------------------------- the decision
@@ -108,8 +106,8 @@ def test_bcrn_fused_4k_picks_wide_index_without_allocating(monkeypatch):
 
     log: list = []
     _spy(monkeypatch, log, forward=False)
-    monkeypatch.setattr(backends, "_recording", True)  # let backend="triton" accept non-CUDA tensors
-    monkeypatch.setattr(torch.ops, "bcrn_fast", DirectOps())
+    monkeypatch.setattr(backends, "triton_can_run", lambda device: True)  # backend="triton" on meta tensors
+    _run_op_bodies(monkeypatch)
     model = BCRNFused(2, backend="triton").half().to("meta")
     with torch.inference_mode():
         y = model(torch.empty(1, 3, 2160, 3840, dtype=torch.float16, device="meta"))
@@ -136,14 +134,16 @@ def test_bcrn_fused_4k_picks_wide_index_without_allocating(monkeypatch):
 @pytest.mark.parametrize("case", ["tail_cin384", "up_x3", "esa_stride2_valid", "bcb_conv_scale_relu"])
 def test_bsconv_wide_index_matches_reference(monkeypatch, case, dtype):
     pack, x, s, res, act, ref64, ref_dt, out_shape = tb._build(case, dtype)
-    args = (x, pack.pw_t, pack.dw, pack.bias, s, res, pack.ksize, pack.stride, pack.padding, act, pack.shuffle, "ieee")
-    narrow = bsconv_triton(*args, out=tb._poisoned_out(out_shape, dtype, pack.shuffle))
+    args = BSConvArgs(
+        x, pack.pw_t, pack.dw, pack.bias, s, res, pack.ksize, pack.stride, pack.padding, act, pack.shuffle
+    )
+    narrow = bsconv_triton(args, out=tb._poisoned_out(out_shape, dtype, pack.shuffle))
 
     log: list = []
     _spy(monkeypatch, log, forward=True)
     monkeypatch.setattr(_common, "FORCE_WIDE_INDEX", True)
     out = tb._poisoned_out(out_shape, dtype, pack.shuffle)
-    y = bsconv_triton(*args, out=out)
+    y = bsconv_triton(args, out=out)
     assert log == [("bsconv_kernel", True)]
     tb._check_guard_untouched(out)
     assert_close_to_ref(y, ref64, dtype, ref_dt, name=f"bsconv[triton, wide] {case}")

@@ -9,7 +9,10 @@ error must be within a small multiple of PyTorch's own error in the same dtype.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
+from types import ModuleType
 
 import torch
 
@@ -102,3 +105,22 @@ def random_bcrn(scale: int, seed: int = 0):
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
     return model.eval()
+
+
+@contextlib.contextmanager
+def cuda_emulator(module: ModuleType) -> Iterator[None]:
+    """Run ``backend="cuda"`` on CPU tensors through the emulation build ``module`` (``_C_emu``).
+
+    Patches the two questions the CUDA wrappers ask the loader — can it run on
+    this device, where does a launch go — for CPU tensors only; production code
+    knows nothing of the emulator.
+    """
+    from bcrn_fast.ops import cuda_ext
+
+    runs_on, launch_target = cuda_ext.runs_on, cuda_ext.launch_target
+    cuda_ext.runs_on = lambda device: device.type == "cpu" or runs_on(device)
+    cuda_ext.launch_target = lambda x: (module, -1, 0) if x.device.type == "cpu" else launch_target(x)
+    try:
+        yield
+    finally:
+        cuda_ext.runs_on, cuda_ext.launch_target = runs_on, launch_target

@@ -19,6 +19,7 @@ import torch
 from bcrn_fast.bsconv import BSConvU
 from bcrn_fast.fused.base import FusedMixin
 from bcrn_fast.model import ESA, MIN_SIZE, BluePrintShortcutBlock, CCALayer, ConvNeXtBlock
+from bcrn_fast.ops import bcb_front as bcb_front_op
 from bcrn_fast.ops import bsconv as bsconv_op
 from bcrn_fast.ops import cca as cca_op
 from bcrn_fast.ops import convnext as convnext_op
@@ -245,21 +246,24 @@ class FusedBCB(FusedMixin, BluePrintShortcutBlock):
         s = self.run(x, None, out, 0)
         return cca_op.channel_scale(out, s, backend=self._backend_for(x))
 
+    def front(self, x: torch.Tensor, in_scale: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(t2, a)``: BSConv then the ConvNeXt block on ``x ⊙ in_scale``, with the ESA pre-map ``a``.
+
+        One op (``bcrn_fast::bcb_front``) on every backend: on ``"cuda"`` one kernel
+        keeps t1 on chip, elsewhere the two ops' backends run in turn.
+        """
+        dt = x.dtype
+        return bcb_front_op.bcb_front_packed(
+            x,
+            self.conv._packed(dt),
+            self.convNextBlock._packed(dt),
+            self.esa._packed(dt).pre,
+            in_scale,
+            precision=self.precision,
+            backend=self._backend_for(x),
+        )
+
     def run(self, x: torch.Tensor, in_scale: torch.Tensor | None, out: torch.Tensor, offset: int) -> torch.Tensor:
         """Block on ``x ⊙ in_scale``; writes the pre-CCA map ``u`` into ``out[:, offset:]``, returns ``s``."""
-        esa_pre = self.esa._packed(x.dtype).pre
-        if self._backend_for(x) == "cuda":  # BSConv -> ConvNeXt in one CUDA kernel (2-pixel halo in smem)
-            from bcrn_fast.ops import cuda_ext
-
-            t2, a = cuda_ext.bcb_front_packed(
-                x,
-                self.conv._packed(x.dtype),
-                self.convNextBlock._packed(x.dtype),
-                esa_pre,
-                in_scale,
-                precision=self.precision,
-            )
-        else:
-            t1 = self.conv.run(x, in_scale=in_scale)
-            t2, a = self.convNextBlock.run(t1, esa_pre=esa_pre)
+        t2, a = self.front(x, in_scale)
         return self.esa.run(t2, a, out, offset, cca=self.cca._packed(x.dtype))

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import functools
+import inspect
+from collections.abc import Callable
 
 import torch
 
@@ -72,6 +76,38 @@ def check_map(x: torch.Tensor, channels: int, name: str, min_size: int = 1, why:
         )
 
 
+def op_args(name: str, fn: Callable) -> type:
+    """A namedtuple of ``fn``'s parameters and defaults: the one argument record every backend of an op receives.
+
+    The op's signature is written once (its public function); the record, the
+    fake and every ``IMPLS`` entry take the same arguments through it.
+    """
+    params = list(inspect.signature(fn).parameters.values())
+    defaults = [p.default for p in params if p.default is not inspect.Parameter.empty]
+    return collections.namedtuple(name, [p.name for p in params], defaults=defaults)
+
+
+def custom_op(
+    qualname: str, fn: Callable, record: Callable, check: Callable, outputs: Callable
+) -> torch.library.CustomOpDef:
+    """``fn`` as the custom op ``qualname`` (opaque to torch.compile), keeping its name, signature and docstring.
+
+    Its fake (what ``torch.compile`` traces) builds the argument ``record``, runs the same
+    contract ``check`` and returns ``outputs(record)``: empty tensors of the exact shapes,
+    strides and dtypes the backends return.
+    """
+    op = torch.library.custom_op(qualname, fn, mutates_args=())
+    functools.update_wrapper(op, fn)
+
+    def fake(*args, **kwargs):
+        a = record(*args, **kwargs)
+        check(a)
+        return outputs(a)
+
+    op.register_fake(fake)
+    return op
+
+
 def cdiv(a: int, b: int) -> int:
     """``ceil(a / b)`` for positive ints."""
     return (a + b - 1) // b
@@ -126,16 +162,3 @@ def next_pow2(n: int, minimum: int = 16) -> int:
     while p < n:
         p *= 2
     return p
-
-
-def pixel_block(hw: int, channels: int) -> tuple[int, int]:
-    """The one launch heuristic: pixels per program and warps, from the map size.
-
-    A program owns ``BLOCK_P`` pixels of one image times all channels; keep the
-    ``[BLOCK_P, C]`` fp32 tile near 8K elements so it lives in registers.
-    """
-    block = 128 if channels <= 64 else 64
-    while block > 16 and block >= 2 * hw:
-        block //= 2
-    warps = 4
-    return block, warps

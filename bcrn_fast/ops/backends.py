@@ -20,10 +20,6 @@ from bcrn_fast.validation import InputError
 BACKENDS = ("auto", "triton", "torch", "cuda")
 CONCRETE = ("torch", "triton", "cuda")  # what an op's IMPLS table is keyed by
 
-# bcrn_fast.aot sets this while it records Triton launches to compile them ahead
-# of time (the tensors are CPU tensors; nothing runs).
-_recording = False
-
 
 class BackendUnavailable(RuntimeError):
     """An explicitly requested backend cannot run on this device / installation."""
@@ -46,7 +42,7 @@ def triton_can_run(device: torch.device) -> bool:
     """Whether the Triton kernels can execute on tensors of ``device``."""
     if not triton_available():
         return False
-    if device.type == "cuda" or _recording:
+    if device.type == "cuda":
         return True
     return device.type == "cpu" and interpreter_enabled()
 
@@ -72,11 +68,7 @@ def unavailable(backend: str, device: torch.device) -> str | None:
             "or TRITON_INTERPRET=1 for CPU tensors (interpreter, for testing)"
         )
     if backend == "cuda":
-        if _recording:
-            return None
-        if device.type == "cuda" and cuda_ext.available():
-            return None
-        if device.type == "cpu" and cuda_ext.emulating():
+        if cuda_ext.runs_on(device):
             return None
         reason = cuda_ext.import_error() or f"tensors are on {device}, not a CUDA device"
         return f"backend='cuda' cannot run: {reason}"
@@ -87,8 +79,7 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     """Map ``"auto"`` to a concrete backend and check that an explicit choice can run.
 
     ``"auto"`` is Triton on a CUDA device with Triton installed, else the torch
-    backend. While :mod:`bcrn_fast.aot` records, ``"cuda"`` becomes ``"triton"``
-    (the AOT harness compiles Triton kernels only).
+    backend.
     """
     check_backend_name(backend)
     if backend == "auto":
@@ -96,8 +87,6 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     why = unavailable(backend, device)
     if why is not None:
         raise BackendUnavailable(why)
-    if backend == "cuda" and _recording:
-        return "triton"
     return backend
 
 

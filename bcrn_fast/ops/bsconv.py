@@ -7,11 +7,14 @@ with zero padding outside the image; when ``shuffle = r > 1`` channel
 ``o = c·r² + i·r + j`` of pixel ``q`` lands at ``y[n, c, r·qh + i, r·qw + j]``
 (``nn.PixelShuffle(r)``) and ``res`` is given in that output layout.
 
-Layers: the Triton kernel (``bcrn_fast.kernels.bsconv``), its launcher
-:func:`bsconv_triton`, the PyTorch backend :func:`bsconv_torch` (the same
-dataflow in PyTorch ops), the custom op ``bcrn_fast::bsconv`` dispatching
-between them, the checked entry points :func:`bsconv` / :func:`bsconv_packed`
-and the weight packing :func:`pack_bsconv` / :func:`pack_upsampler`.
+Layers: the weight packing (:func:`pack_bsconv` / :func:`pack_upsampler`), the
+contract check :func:`check_bsconv_args`, three backends with one signature
+``(BSConvArgs, out=None)`` in :data:`BSCONV_IMPLS` — :func:`bsconv_torch` (the
+same dataflow in PyTorch ops), :func:`bsconv_triton` (launches
+``bcrn_fast.kernels.bsconv``) and :func:`bsconv_cuda` (the ``bcrn_fast._C``
+kernel) — and the entry point :func:`bsconv`, which *is* the custom op
+``bcrn_fast::bsconv``: it checks once, resolves ``backend`` and dispatches.
+:func:`bsconv_packed` is the one convenience wrapper.
 """
 
 from __future__ import annotations
@@ -26,8 +29,11 @@ from bcrn_fast.ops import _common, backends, cuda_ext
 from bcrn_fast.validation import InputError
 
 __all__ = [
+    "BSCONV_IMPLS",
+    "BSConvArgs",
     "BSConvPack",
     "bsconv",
+    "bsconv_cuda",
     "bsconv_packed",
     "bsconv_torch",
     "bsconv_triton",
@@ -127,36 +133,29 @@ def _out_hw(h: int, w: int, ksize: int, stride: int, padding: int) -> tuple[int,
     return (h + 2 * padding - ksize) // stride + 1, (w + 2 * padding - ksize) // stride + 1
 
 
-def _out_shape(x: torch.Tensor, cout: int, ksize: int, stride: int, padding: int, shuffle: int) -> tuple[int, ...]:
-    n, _, h, w = x.shape
-    ho, wo = _out_hw(h, w, ksize, stride, padding)
-    r = max(shuffle, 1)
-    return (n, cout // (r * r), ho * r, wo * r)
+def _out_shape(a: BSConvArgs) -> tuple[int, ...]:
+    n, _, h, w = a.x.shape
+    ho, wo = _out_hw(h, w, a.ksize, a.stride, a.padding)
+    r = max(a.shuffle, 1)
+    return (n, a.pw_t.shape[1] // (r * r), ho * r, wo * r)
 
 
-def _alloc_out(x: torch.Tensor, cout: int, ksize: int, stride: int, padding: int, shuffle: int) -> torch.Tensor:
+def _alloc_out(a: BSConvArgs) -> torch.Tensor:
     """The op's output: channels-last, except the pixel-shuffled map (NCHW contiguous)."""
-    shape = _out_shape(x, cout, ksize, stride, padding, shuffle)
-    if shuffle > 1:
-        return torch.empty(shape, dtype=x.dtype, device=x.device)
-    return _common.empty_nhwc(*shape, dtype=x.dtype, device=x.device)
+    shape = _out_shape(a)
+    if a.shuffle > 1:
+        return torch.empty(shape, dtype=a.x.dtype, device=a.x.device)
+    return _common.empty_nhwc(*shape, dtype=a.x.dtype, device=a.x.device)
 
 
-def check_bsconv_args(
-    x: torch.Tensor,
-    pw_t: torch.Tensor,
-    dw: torch.Tensor,
-    bias: torch.Tensor,
-    in_scale: torch.Tensor | None,
-    residual: torch.Tensor | None,
-    ksize: int,
-    stride: int,
-    padding: int,
-    act: int,
-    shuffle: int,
-    precision: str,
-) -> tuple[int, ...]:
+def _with_padding(a: BSConvArgs) -> BSConvArgs:
+    """``padding=None`` means ``(ksize - 1) // 2`` (same size for odd kernels at stride 1)."""
+    return a if a.padding is not None else a._replace(padding=(a.ksize - 1) // 2)
+
+
+def check_bsconv_args(a: BSConvArgs) -> tuple[int, ...]:
     """Validate every argument of ``bsconv`` (metadata only); return the output shape."""
+    x, pw_t = a.x, a.pw_t
     if not isinstance(x, torch.Tensor):
         raise InputError(f"x: expected a torch.Tensor, got {type(x).__name__}")
     if x.dim() != 4:
@@ -175,32 +174,34 @@ def check_bsconv_args(
             f"pw_t has dtype {pw_t.dtype} but x is {x.dtype}, which needs {cd} GEMM weights; "
             "re-pack the weights for this dtype"
         )
-    for name, v, lo in (("ksize", ksize, 1), ("stride", stride, 1), ("padding", padding, 0), ("shuffle", shuffle, 0)):
+    for name, lo in (("ksize", 1), ("stride", 1), ("padding", 0), ("shuffle", 0)):
+        v = getattr(a, name)
         if not isinstance(v, int) or v < lo:
             raise InputError(f"{name} must be an int >= {lo}, got {v!r}")
+    ksize, padding = a.ksize, a.padding
     if padding >= ksize:
         raise InputError(f"padding {padding} must be smaller than ksize {ksize}")
-    if act not in ACTS:
-        raise InputError(f"act must be 0 (none), 1 (relu) or 2 (gelu), got {act!r}")
-    _common.check_precision(precision)
-    _common.check_tensor(dw, "dw", (ksize * ksize, cout), torch.float32, x.device)
-    _common.check_tensor(bias, "bias", (cout,), torch.float32, x.device)
-    r = max(shuffle, 1)
+    if a.act not in ACTS:
+        raise InputError(f"act must be 0 (none), 1 (relu) or 2 (gelu), got {a.act!r}")
+    _common.check_precision(a.precision)
+    _common.check_tensor(a.dw, "dw", (ksize * ksize, cout), torch.float32, x.device)
+    _common.check_tensor(a.bias, "bias", (cout,), torch.float32, x.device)
+    r = max(a.shuffle, 1)
     if cout % (r * r):
         raise InputError(f"Cout = {cout} is not divisible by shuffle² = {r * r}")
-    ho, wo = _out_hw(x.shape[2], x.shape[3], ksize, stride, padding)
+    ho, wo = _out_hw(x.shape[2], x.shape[3], ksize, a.stride, padding)
     if ho < 1 or wo < 1:
         raise InputError(
             f"x: spatial size {x.shape[2]}x{x.shape[3]} is too small for a {ksize}x{ksize} conv "
-            f"with stride {stride} and padding {padding}"
+            f"with stride {a.stride} and padding {padding}"
         )
-    if in_scale is not None:
-        _common.check_tensor(in_scale, "in_scale", (x.shape[0], cin), torch.float32, x.device)
-    shape = _out_shape(x, cout, ksize, stride, padding, shuffle)
-    if residual is not None:
-        if residual.dim() != 4:
-            raise InputError(f"residual: expected a 4-D tensor {shape}, got shape {tuple(residual.shape)}")
-        _common.check_tensor(residual, "residual", shape, x.dtype, x.device)
+    if a.in_scale is not None:
+        _common.check_tensor(a.in_scale, "in_scale", (x.shape[0], cin), torch.float32, x.device)
+    shape = _out_shape(a)
+    if a.residual is not None:
+        if a.residual.dim() != 4:
+            raise InputError(f"residual: expected a 4-D tensor {shape}, got shape {tuple(a.residual.shape)}")
+        _common.check_tensor(a.residual, "residual", shape, x.dtype, x.device)
     return shape
 
 
@@ -210,69 +211,21 @@ def check_bsconv_args(
 def _launch_config(
     hw: int, cout_pad: int, block_k: int, dtype: torch.dtype, precision: str, wide_index: bool = False
 ) -> tuple[int, int, int, int]:
-    """(BLOCK_P, BLOCK_K, num_warps, num_stages) from ``_common.pixel_block`` plus per-mode register caps.
+    """(BLOCK_P, BLOCK_K, num_warps, num_stages): the ``CONFIGS`` table of ``kernels/bsconv.py``.
 
-    Every rule below comes from ptxas resource usage of the AOT-compiled kernel
-    (``python -m bcrn_fast.aot``, sm_80, sm_86, sm_89 and sm_90 under Triton 3.6
-    and 3.9), keeping every configuration free of spills on all of them:
-    - 16-channel tiles (ESA's low-res branch): [32, 16] on 4 warps is the one
-      shape clean for every dtype and arch ([16, 16] spills 8 B on 2 or 4 warps);
-    - fp32 IEEE (FMA dots, no tensor cores): BLOCK_P <= 16 at 64 channels, one stage,
-      and K chunks of 32 input channels when Cout is 64: BLOCK_K 64 spills 8 B on
-      sm_86/sm_89 under Triton 3.6 (4 warps; 2 or 8 warps spill on sm_80/sm_90);
-    - fp32 tf32: BLOCK_P <= 32 (64 spills on sm_80 even with 8 warps), and 2
-      warps when 16 < Cout <= 32 (the x3 upsampler spills 8 B on 4 warps on sm_90);
-      Cout <= 16 (the x2 upsampler) keeps 4 warps: 2 spill on sm_80 (Triton 3.6)
-      and sm_86/sm_89 (Triton 3.9);
-    - half: 8 warps once the tile reaches [128, 64] (4 warps spill); the x3
-      upsampler (Cout 27 -> 32) caps BLOCK_P at 64 on 4 warps: [128, 32] on 8
-      warps spills 8 B on sm_86/sm_89 under Triton 3.6.
-    The int64 offset path (``wide_index``, images past 2^31 element offsets) holds
-    more address registers and gets its own caps (Triton 3.6 and 3.9, sm_80/86/89/90):
-    - 16-channel tiles pipeline 2 stages, not 3 (tf32 [32, 16] spills 8 B on sm_80);
-    - half tiles of [128, 64] halve BLOCK_P to 64 on 8 warps (128 pixels spill
-      8-24 B on sm_80 and sm_86/sm_89 with 4 or 8 warps).
+    Every row there comes from ptxas resource usage of the AOT-compiled kernel
+    (``python -m bcrn_fast.aot``), its reason in the row's ``why``.
     """
-    wide = max(cout_pad, block_k)
-    fma = dtype == torch.float32 and precision == "ieee"
-    num_stages = 1 if fma else 3  # an FMA dot has nothing to overlap
-    if wide <= 16:
-        return 32, block_k, 4, min(num_stages, 2) if wide_index else num_stages
-    block_p, num_warps = _common.pixel_block(hw, wide)
-    if fma:
-        block_p = min(block_p, 16)
-        if cout_pad == 64:
-            block_k = min(block_k, 32)
-    elif dtype == torch.float32:
-        block_p = min(block_p, 32)
-        if 16 < cout_pad <= 32:
-            num_warps = 2
-    elif cout_pad == 32:
-        block_p = min(block_p, 64)
-    elif block_p * wide >= 128 * 64:
-        num_warps = 8
-        if wide_index:
-            block_p = min(block_p, 64)
-    return block_p, block_k, num_warps, num_stages
+    from bcrn_fast.kernels.bsconv import launch_config
+
+    return launch_config(hw, cout_pad, block_k, dtype, precision, wide_index)
 
 
 # --------------------------------------------------------------------------- backends
+# Every backend takes the op's argument record (BSConvArgs, checked) and an optional output to write in place.
 
 
-def bsconv_torch(
-    x: torch.Tensor,
-    pw_t: torch.Tensor,
-    dw: torch.Tensor,
-    bias: torch.Tensor,
-    in_scale: torch.Tensor | None,
-    residual: torch.Tensor | None,
-    ksize: int,
-    stride: int,
-    padding: int,
-    act: int,
-    shuffle: int,
-    precision: str = "ieee",
-) -> torch.Tensor:
+def bsconv_torch(a: BSConvArgs, out: torch.Tensor | None = None) -> torch.Tensor:
     """The fused dataflow in PyTorch ops (fp32 compute; rounds where the kernel does).
 
     Pointwise once per input pixel, then the depthwise taps on the fp32
@@ -280,81 +233,64 @@ def bsconv_torch(
     the zero padding commutes with it). fp32 matmuls run in IEEE mode;
     ``precision`` only affects the Triton kernel.
     """
-    n, cin, h, w = x.shape
-    cout = pw_t.shape[1]
-    ho, wo = _out_hw(h, w, ksize, stride, padding)
-    xs = x.float()
-    if in_scale is not None:
+    cout = a.pw_t.shape[1]
+    xs = a.x.float()
+    if a.in_scale is not None:
         # scale on load, rounded to the GEMM operand dtype like the kernel's tile
-        xs = (xs * in_scale[:, :, None, None]).to(pw_t.dtype).float()
-    z = torch.matmul(xs.permute(0, 2, 3, 1), pw_t.float()).permute(0, 3, 1, 2)  # [N, Cout, H, W] fp32
+        xs = (xs * a.in_scale[:, :, None, None]).to(a.pw_t.dtype).float()
+    z = torch.matmul(xs.permute(0, 2, 3, 1), a.pw_t.float()).permute(0, 3, 1, 2)  # [N, Cout, H, W] fp32
     # depthwise taps + bias: Σ_tap dw[tap] ⊙ z[q·stride − pad + tap] (one grouped conv, zero padding)
-    taps = dw.t().reshape(cout, 1, ksize, ksize)
-    acc = F.conv2d(z, taps, bias, stride=stride, padding=padding, groups=cout)
-    if act == _common.ACT_RELU:
+    taps = a.dw.t().reshape(cout, 1, a.ksize, a.ksize)
+    acc = F.conv2d(z, taps, a.bias, stride=a.stride, padding=a.padding, groups=cout)
+    if a.act == _common.ACT_RELU:
         acc = torch.relu(acc)
-    elif act == _common.ACT_GELU:
+    elif a.act == _common.ACT_GELU:
         acc = F.gelu(acc)
-    if shuffle > 1:
-        acc = F.pixel_shuffle(acc, shuffle)
-    if residual is not None:
-        acc = acc + residual.float()
-    out = _alloc_out(x, cout, ksize, stride, padding, shuffle)
+    if a.shuffle > 1:
+        acc = F.pixel_shuffle(acc, a.shuffle)
+    if a.residual is not None:
+        acc = acc + a.residual.float()
+    out = _alloc_out(a) if out is None else out
     out.copy_(acc)
     return out
 
 
-def bsconv_triton(
-    x: torch.Tensor,
-    pw_t: torch.Tensor,
-    dw: torch.Tensor,
-    bias: torch.Tensor,
-    in_scale: torch.Tensor | None,
-    residual: torch.Tensor | None,
-    ksize: int,
-    stride: int,
-    padding: int,
-    act: int,
-    shuffle: int,
-    precision: str = "ieee",
-    out: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Launch the fused Triton kernel (one launch); ``out`` (optional) is written in place.
-
-    The arguments are checked once by the entry point (:func:`check_bsconv_args`); only ``out`` is checked here.
-    """
+def bsconv_triton(a: BSConvArgs, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Launch the fused Triton kernel (one launch); ``out`` (optional) is written in place."""
     import triton
 
     from bcrn_fast.kernels.bsconv import bsconv_kernel
 
+    x, in_scale, residual = a.x, a.in_scale, a.residual
     if out is None:
-        out = _alloc_out(x, pw_t.shape[1], ksize, stride, padding, shuffle)
+        out = _alloc_out(a)
     else:
-        shape = _out_shape(x, pw_t.shape[1], ksize, stride, padding, shuffle)
-        _common.check_tensor(out, "out", shape, x.dtype, x.device)
+        _common.check_tensor(out, "out", _out_shape(a), x.dtype, x.device)
     n, cin, h, w = x.shape
-    cout = pw_t.shape[1]
-    ho, wo = _out_hw(h, w, ksize, stride, padding)
+    cout = a.pw_t.shape[1]
+    ho, wo = _out_hw(h, w, a.ksize, a.stride, a.padding)
     if out.numel() == 0:
         return out
 
-    pw_t, dw, bias = pw_t.contiguous(), dw.contiguous(), bias.contiguous()
+    pw_t, dw, bias = a.pw_t.contiguous(), a.dw.contiguous(), a.bias.contiguous()
     block_k = min(_common.next_pow2(cin), 64)
     cout_pad = _common.next_pow2(cout)
     wide_index = _common.needs_wide_index(x, residual, out)
-    block_p, block_k, num_warps, num_stages = _launch_config(ho * wo, cout_pad, block_k, x.dtype, precision, wide_index)
+    block_p, block_k, num_warps, num_stages = _launch_config(
+        ho * wo, cout_pad, block_k, x.dtype, a.precision, wide_index
+    )
     grid = (triton.cdiv(ho * wo, block_p), n)
     s = in_scale if in_scale is not None else bias  # dummy pointer, never read
     s_strides = in_scale.stride() if in_scale is not None else (0, 0)
     res = residual if residual is not None else out  # dummy pointer, never read
     # fp32 operands honour `precision`; for half operands it is ignored (tf32 = Triton's default)
-    dot_precision = precision if x.dtype == torch.float32 else "tf32"
+    dot_precision = a.precision if x.dtype == torch.float32 else "tf32"
     with _common.device_guard(x):  # launch on x's GPU, not the current one
         bsconv_kernel[grid](
             x, s, pw_t, dw, bias, res, out,
             cin, cout, h, w, ho, wo,
             *x.stride(), *s_strides, *res.stride(), *out.stride(),
-            KSIZE=ksize, STRIDE=stride, PAD=padding, ACT=act, SHUFFLE=max(shuffle, 1),
+            KSIZE=a.ksize, STRIDE=a.stride, PAD=a.padding, ACT=a.act, SHUFFLE=max(a.shuffle, 1),
             HAS_SCALE=in_scale is not None, HAS_RES=residual is not None,
             BLOCK_P=block_p, BLOCK_K=block_k, COUT_PAD=cout_pad, PRECISION=dot_precision,
             DOT_IN_FP32=backends.interpreter_enabled() and x.dtype == torch.bfloat16,
@@ -364,43 +300,49 @@ def bsconv_triton(
     return out
 
 
-# The backends of bcrn_fast::bsconv, keyed by concrete backend name; one signature.
-BSCONV_IMPLS = {"torch": bsconv_torch, "triton": bsconv_triton, "cuda": cuda_ext.bsconv}
+def bsconv_cuda(a: BSConvArgs, out: torch.Tensor | None = None) -> torch.Tensor:
+    """The CUDA-extension kernel (``csrc/bsconv.cu``): ksize 1 or 3, stride 1..4; fp16/bf16 GEMMs on tensor
+    cores, fp32 as IEEE FMA (``precision="tf32"`` runs the same IEEE path)."""
+    x, in_scale, residual = a.x, a.in_scale, a.residual
+    if a.ksize not in (1, 3):
+        raise InputError(f"the CUDA bsconv supports ksize 1 and 3, got {a.ksize}")
+    if a.stride > 4:
+        raise InputError(f"the CUDA bsconv supports stride 1..4, got {a.stride}")
+    cuda_ext.check_activation(x, "x")
+    if residual is not None:
+        cuda_ext.check_activation(residual, "residual")
+    for t, name in ((a.pw_t, "pw_t"), (a.dw, "dw"), (a.bias, "bias"), (in_scale, "in_scale")):
+        cuda_ext.check_aligned(t, name)
+    if out is None:
+        out = _alloc_out(a)
+    else:
+        cuda_ext.check_out(out, "out", _out_shape(a), x)
+        cuda_ext.check_no_overlap(out, "out", (x, "x"), (in_scale, "in_scale"))
+    if out.numel() == 0:
+        return out
+    mod, device, stream = cuda_ext.launch_target(x)
+    n, cin, h, w = x.shape
+    ho, wo = _out_hw(h, w, a.ksize, a.stride, a.padding)
+    pw_t, dw, bias = a.pw_t.contiguous(), a.dw.contiguous(), a.bias.contiguous()
+    mod.bsconv(
+        dtype=cuda_ext.DTYPE_CODES[x.dtype], x=x.data_ptr(), sx=x.stride(),
+        scale=cuda_ext.ptr(in_scale), ss=in_scale.stride() if in_scale is not None else (0, 0),
+        pw=pw_t.data_ptr(), dw=dw.data_ptr(), bias=bias.data_ptr(),
+        res=cuda_ext.ptr(residual), sr=residual.stride() if residual is not None else (0, 0, 0, 0),
+        y=out.data_ptr(), sy=out.stride(), sizes=(n, cin, pw_t.shape[1], h, w, ho, wo),
+        ksize=a.ksize, stride=a.stride, pad=a.padding, act=a.act, shuffle=a.shuffle, device=device, stream=stream,
+    )  # fmt: skip
+    return out
 
 
-# --------------------------------------------------------------------------- custom op
+# The backends of bcrn_fast::bsconv, keyed by concrete backend name; one signature: (BSConvArgs, out=None).
+BSCONV_IMPLS = {"torch": bsconv_torch, "triton": bsconv_triton, "cuda": bsconv_cuda}
 
 
-@torch.library.custom_op("bcrn_fast::bsconv", mutates_args=())
-def bsconv_op(
-    x: torch.Tensor,
-    pw_t: torch.Tensor,
-    dw: torch.Tensor,
-    bias: torch.Tensor,
-    in_scale: torch.Tensor | None,
-    residual: torch.Tensor | None,
-    ksize: int,
-    stride: int,
-    padding: int,
-    act: int,
-    shuffle: int,
-    precision: str,
-    backend: str,
-) -> torch.Tensor:
-    """``bcrn_fast::bsconv``: dispatch to the ``"cuda"``, ``"triton"`` or ``"torch"`` backend."""
-    backends.check_backend_name(backend, backends.CONCRETE)
-    return BSCONV_IMPLS[backend](x, pw_t, dw, bias, in_scale, residual, ksize, stride, padding, act, shuffle, precision)
+# --------------------------------------------------------------------------- the op (the entry point)
 
 
-@bsconv_op.register_fake
-def _bsconv_fake(x, pw_t, dw, bias, in_scale, residual, ksize, stride, padding, act, shuffle, precision, backend):
-    return _alloc_out(x, pw_t.shape[1], ksize, stride, padding, shuffle)
-
-
-# --------------------------------------------------------------------------- entry points
-
-
-def bsconv(
+def _bsconv(
     x: torch.Tensor,
     pw_t: torch.Tensor,
     dw: torch.Tensor,
@@ -415,7 +357,7 @@ def bsconv(
     precision: str = "ieee",
     backend: str = "auto",
 ) -> torch.Tensor:
-    """Fused BSConvU (see the module docstring for the formula).
+    """Fused BSConvU, the custom op ``bcrn_fast::bsconv`` (see the module docstring for the formula).
 
     Args:
         x: ``[N, Cin, H, W]`` fp32/fp16/bf16, any strides (channel slices welcome).
@@ -430,13 +372,20 @@ def bsconv(
     Returns ``[N, Cout, Ho, Wo]`` channels-last, or ``[N, Cout/r², r·Ho, r·Wo]``
     NCHW-contiguous when ``shuffle = r > 1``; dtype of ``x``.
     """
-    if padding is None:
-        padding = (ksize - 1) // 2
-    check_bsconv_args(x, pw_t, dw, bias, in_scale, residual, ksize, stride, padding, act, shuffle, precision)
-    backend = backends.resolve_backend(backend, x.device)
-    return torch.ops.bcrn_fast.bsconv(
-        x, pw_t, dw, bias, in_scale, residual, ksize, stride, padding, act, shuffle, precision, backend
-    )
+    a = _bsconv_args(**locals())
+    check_bsconv_args(a)
+    return BSCONV_IMPLS[backends.resolve_backend(backend, x.device)](a)
+
+
+BSConvArgs = _common.op_args("BSConvArgs", _bsconv)
+
+
+def _bsconv_args(*args, **kwargs) -> BSConvArgs:
+    """The op's arguments as a record; ``padding=None`` means ``(ksize - 1) // 2``."""
+    return _with_padding(BSConvArgs(*args, **kwargs))
+
+
+bsconv = _common.custom_op("bcrn_fast::bsconv", _bsconv, _bsconv_args, check_bsconv_args, _alloc_out)
 
 
 def bsconv_packed(

@@ -105,22 +105,12 @@ def channel_scale_torch(x: Tensor, s: Tensor) -> Tensor:
 
 
 def launch_settings(hw: int, channels: int, fma_dots: bool = False) -> tuple[int, int]:
-    """``(BLOCK_P, num_warps)`` for a ``[BLOCK_P, channels]`` tile: the shared ``pixel_block``
-    rule, with 8 warps once the tile has 4K elements or more.
-
-    Ahead-of-time compiled for sm_90 with the JIT's divisibility hints, a
-    [128, 64] tile needs 105-122 registers/thread at 4 warps but 63-64 at 8
-    (cca_scale, channel_scale; 105 for fp16 esa_apply), doubling occupancy of
-    these memory-bound kernels. ``fma_dots`` (fp32 IEEE dots, no tensor cores)
-    halves the tile: esa_apply at [128, 64] spills 1.6 KB of stack even at 8
-    warps, at [64, 64] it fits in 172 registers.
+    """``(BLOCK_P, num_warps)`` for a ``[BLOCK_P, channels]`` tile: the ``CONFIGS`` table of ``kernels/cca.py``,
+    or of ``kernels/esa.py`` for ``fma_dots`` (fp32 IEEE dots in esa_apply); ptxas reasons in their rows.
     """
-    bp, warps = _common.pixel_block(hw, channels)
-    if fma_dots and bp > 64:
-        bp = 64
-    if bp * channels >= 4096:
-        warps = max(warps, 8)
-    return bp, warps
+    from bcrn_fast.kernels import cca, esa
+
+    return (esa.launch_config if fma_dots else cca.launch_config)(hw, channels)
 
 
 def merge_group(tiles: int, block_t: int = MERGE_BLOCK) -> int:
@@ -215,9 +205,34 @@ def channel_scale_triton(x: Tensor, s: Tensor) -> Tensor:
     return y
 
 
+def cca_scale_cuda(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor) -> Tensor:
+    """The CUDA-extension kernel (``csrc/cca.cu``): one launch, fixed merge order (deterministic).
+
+    Same contract as :func:`cca_scale_triton` (checked by the op); here only what the CUDA
+    kernel adds: addressable strides and H·W below 2^24 (its fp32 pixel counts).
+    """
+    cuda_ext.check_activation(x, "cca_scale input")
+    n, c, h, w = x.shape
+    if h * w >= 2**24:
+        raise InputError(f"cca_scale input: H·W = {h * w} must be below 2^24 for the CUDA cca_scale")
+    w1, b1, w2, b2 = (p.contiguous() for p in (w1, b1, w2, b2))
+    s = torch.empty((n, c), dtype=torch.float32, device=x.device)
+    mod, device, stream = cuda_ext.launch_target(x)
+    blocks = mod.cca_blocks(h * w)
+    partials = torch.empty((n, blocks, c, 3), dtype=torch.float32, device=x.device)
+    counters = torch.zeros((n,), dtype=torch.int32, device=x.device)
+    mod.cca_scale(
+        dtype=cuda_ext.DTYPE_CODES[x.dtype], x=x.data_ptr(), sx=x.stride(),
+        w1=w1.data_ptr(), b1=b1.data_ptr(), w2=w2.data_ptr(), b2=b2.data_ptr(), s=s.data_ptr(), ss=s.stride(),
+        partials=partials.data_ptr(), counters=counters.data_ptr(),
+        N=n, C=c, R=w1.shape[1], H=h, W=w, blocks=blocks, device=device, stream=stream,
+    )  # fmt: skip
+    return s
+
+
 # One implementation per concrete backend, one signature per table. channel_scale has
 # no CUDA kernel: under "cuda" it runs its Triton kernel.
-CCA_SCALE_IMPLS = {"torch": cca_scale_torch, "triton": cca_scale_triton, "cuda": cuda_ext.cca_scale}
+CCA_SCALE_IMPLS = {"torch": cca_scale_torch, "triton": cca_scale_triton, "cuda": cca_scale_cuda}
 CHANNEL_SCALE_IMPLS = {"torch": channel_scale_torch, "triton": channel_scale_triton, "cuda": channel_scale_triton}
 
 

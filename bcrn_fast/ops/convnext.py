@@ -14,10 +14,13 @@ polynomial: its erf is within 1e-6 of the exact erf for every fp32 input
 of its ``conv2`` into one 64→16 map: ``A = (pw2 · diag(d1) · pw1)ᵀ``,
 ``a0 = pw2 · b1`` (docs/fused-ops.md).
 
-Layers: the Triton kernel (``bcrn_fast.kernels.convnext``), its launcher
-:func:`convnext_triton`, the PyTorch backend :func:`convnext_torch`, the custom
-op ``bcrn_fast::convnext``, the checked entry points :func:`convnext` /
-:func:`convnext_packed` and the packing :func:`pack_convnext` / :func:`pack_esa_pre`.
+Layers: the packing (:func:`pack_convnext` / :func:`pack_esa_pre`), the contract
+check :func:`check_convnext_args`, three backends with one signature
+``(ConvNeXtArgs, out=None, out_a=None)`` in :data:`CONVNEXT_IMPLS` —
+:func:`convnext_torch`, :func:`convnext_triton` (launches
+``bcrn_fast.kernels.convnext``) and :func:`convnext_cuda` — and the entry point
+:func:`convnext`, which *is* the custom op ``bcrn_fast::convnext``.
+:func:`convnext_packed` is the one convenience wrapper.
 """
 
 from __future__ import annotations
@@ -32,9 +35,12 @@ from bcrn_fast.ops import _common, backends, cuda_ext
 from bcrn_fast.validation import InputError
 
 __all__ = [
+    "CONVNEXT_IMPLS",
+    "ConvNeXtArgs",
     "ConvNeXtPack",
     "EsaPrePack",
     "convnext",
+    "convnext_cuda",
     "convnext_packed",
     "convnext_torch",
     "convnext_triton",
@@ -135,19 +141,9 @@ def pack_esa_pre(esa: nn.Module, dtype: torch.dtype = torch.float32) -> EsaPrePa
 # --------------------------------------------------------------------------- checks
 
 
-def check_convnext_args(
-    t: torch.Tensor,
-    dw: torch.Tensor,
-    bd: torch.Tensor,
-    w1: torch.Tensor,
-    b1: torch.Tensor,
-    w2: torch.Tensor,
-    b2: torch.Tensor,
-    esa_a: torch.Tensor | None,
-    esa_b: torch.Tensor | None,
-    precision: str,
-) -> None:
+def check_convnext_args(a: ConvNeXtArgs) -> None:
     """Validate every argument of ``convnext`` (metadata only)."""
+    t, w1, esa_a = a.t, a.w1, a.esa_a
     if not isinstance(t, torch.Tensor):
         raise InputError(f"t: expected a torch.Tensor, got {type(t).__name__}")
     if t.dim() != 4:
@@ -160,23 +156,23 @@ def check_convnext_args(
         raise InputError(f"t has {t.shape[1]} channels (shape {tuple(t.shape)}) but the weights expect C = {c}")
     cd = _common.compute_dtype(t.dtype)
     _common.check_tensor(w1, "w1", (c, hid), cd, t.device)
-    _common.check_tensor(w2, "w2", (hid, c), cd, t.device)
-    _common.check_tensor(dw, "dw", (9, c), torch.float32, t.device)
-    _common.check_tensor(bd, "bd", (c,), torch.float32, t.device)
-    _common.check_tensor(b1, "b1", (hid,), torch.float32, t.device)
-    _common.check_tensor(b2, "b2", (c,), torch.float32, t.device)
-    if (esa_a is None) != (esa_b is None):
+    _common.check_tensor(a.w2, "w2", (hid, c), cd, t.device)
+    _common.check_tensor(a.dw, "dw", (9, c), torch.float32, t.device)
+    _common.check_tensor(a.bd, "bd", (c,), torch.float32, t.device)
+    _common.check_tensor(a.b1, "b1", (hid,), torch.float32, t.device)
+    _common.check_tensor(a.b2, "b2", (c,), torch.float32, t.device)
+    if (esa_a is None) != (a.esa_b is None):
         raise InputError("esa_a and esa_b must be given together (or both None)")
     if esa_a is not None:
         if not isinstance(esa_a, torch.Tensor) or esa_a.dim() != 2:
             raise InputError(f"esa_a: expected a 2-D tensor [C, E], got {getattr(esa_a, 'shape', esa_a)}")
         e = esa_a.shape[1]
         _common.check_tensor(esa_a, "esa_a", (c, e), cd, t.device)
-        _common.check_tensor(esa_b, "esa_b", (e,), torch.float32, t.device)
-    _common.check_precision(precision)
+        _common.check_tensor(a.esa_b, "esa_b", (e,), torch.float32, t.device)
+    _common.check_precision(a.precision)
 
 
-def _alloc_outs(t: torch.Tensor, esa_a: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+def alloc_outs(t: torch.Tensor, esa_a: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """``y`` channels-last like ``t``'s shape; ``a`` channels-last ``[N, E, H, W]`` or empty."""
     n, c, h, w = t.shape
     y = _common.empty_nhwc(n, c, h, w, dtype=t.dtype, device=t.device)
@@ -187,44 +183,34 @@ def _alloc_outs(t: torch.Tensor, esa_a: torch.Tensor | None) -> tuple[torch.Tens
     return y, a
 
 
+def _outputs(a: ConvNeXtArgs, out: torch.Tensor | None, out_a: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+    """``(y, a)``: the caller's ``out``/``out_a`` (checked) where given, else new tensors."""
+    y, e = alloc_outs(a.t, a.esa_a)
+    if out is not None:
+        _common.check_tensor(out, "out", tuple(y.shape), a.t.dtype, a.t.device)
+        y = out
+    if out_a is not None:
+        _common.check_tensor(out_a, "out_a", tuple(e.shape), a.t.dtype, a.t.device)
+        e = out_a
+    return y, e
+
+
 # --------------------------------------------------------------------------- launch config
 
 
 def _launch_config(hw: int, dtype: torch.dtype, precision: str, wide_index: bool = False) -> tuple[int, int]:
-    """(BLOCK_P, num_warps) from ``_common.pixel_block`` plus per-mode register caps.
+    """(BLOCK_P, num_warps): the ``CONFIGS`` table of ``kernels/convnext.py`` (ptxas reasons in its rows)."""
+    from bcrn_fast.kernels.convnext import launch_config
 
-    From ptxas resource usage of the AOT-compiled kernel (C 64, HID 256, sm_80
-    and sm_90): half runs BLOCK_P 128 with 8 warps without spills (more pixels
-    per W1/W2 chunk load); fp32 tf32 BLOCK_P 64 with 4 warps; fp32 IEEE (FMA
-    dots, no tensor cores) spills above BLOCK_P 16. Registers at these configs
-    (Triton 3.9, pipelined tap loop, polynomial GELU; sm_80 / sm_90, 0 spills):
-    half 188-194 / 131-132, tf32 168 / 214, IEEE 96 / 90. The int64 offset path
-    (``wide_index``) runs fp32 IEEE on 8 warps (4 warps spill 8 B on sm_86/sm_89, Triton 3.9).
-    """
-    block_p, num_warps = _common.pixel_block(hw, 64)
-    if dtype == torch.float32:
-        block_p = min(block_p, 64 if precision == "tf32" else 16)
-        if precision == "ieee" and wide_index:
-            num_warps = 8
-    elif block_p == 128:
-        num_warps = 8
-    return block_p, num_warps
+    return launch_config(hw, dtype, precision, wide_index)
 
 
 # --------------------------------------------------------------------------- backends
+# Every backend takes the op's argument record (ConvNeXtArgs, checked) and optional outputs to write in place.
 
 
 def convnext_torch(
-    t: torch.Tensor,
-    dw: torch.Tensor,
-    bd: torch.Tensor,
-    w1: torch.Tensor,
-    b1: torch.Tensor,
-    w2: torch.Tensor,
-    b2: torch.Tensor,
-    esa_a: torch.Tensor | None,
-    esa_b: torch.Tensor | None,
-    precision: str = "ieee",
+    a: ConvNeXtArgs, out: torch.Tensor | None = None, out_a: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The fused dataflow in PyTorch ops, fp32 on "chip", rounding where the kernel rounds.
 
@@ -233,68 +219,50 @@ def convnext_torch(
     hidden width is done at once here (chunking only bounds the kernel's
     registers; GELU is elementwise). fp32 matmuls run in IEEE mode.
     """
-    n, c, h, w = t.shape
-    cd = w1.dtype
+    t = a.t
+    c = t.shape[1]
+    cd = a.w1.dtype
     tf = t.float()
     # depthwise 3x3 + bias, zero padding: b_d + Σ_tap dw[tap] ⊙ t[p + tap] (one grouped conv)
-    z = F.conv2d(tf, dw.t().reshape(c, 1, 3, 3), bd, padding=1, groups=c).permute(0, 2, 3, 1)  # [N, H, W, C]
-    hid = F.gelu(torch.matmul(z.to(cd).float(), w1.float()) + b1)  # [N, H, W, HID] fp32
-    y = tf.permute(0, 2, 3, 1) + (torch.matmul(hid.to(cd).float(), w2.float()) + b2)
+    z = F.conv2d(tf, a.dw.t().reshape(c, 1, 3, 3), a.bd, padding=1, groups=c).permute(0, 2, 3, 1)  # [N, H, W, C]
+    hid = F.gelu(torch.matmul(z.to(cd).float(), a.w1.float()) + a.b1)  # [N, H, W, HID] fp32
+    y = tf.permute(0, 2, 3, 1) + (torch.matmul(hid.to(cd).float(), a.w2.float()) + a.b2)
     yq = y.to(t.dtype)
-    y_out, a_out = _alloc_outs(t, esa_a)
+    y_out, a_out = _outputs(a, out, out_a)
     y_out.copy_(yq.permute(0, 3, 1, 2))
-    if esa_a is not None:
-        a = torch.matmul(yq.to(cd).float(), esa_a.float()) + esa_b
-        a_out.copy_(a.permute(0, 3, 1, 2))
+    if a.esa_a is not None:
+        e = torch.matmul(yq.to(cd).float(), a.esa_a.float()) + a.esa_b
+        a_out.copy_(e.permute(0, 3, 1, 2))
     return y_out, a_out
 
 
 def convnext_triton(
-    t: torch.Tensor,
-    dw: torch.Tensor,
-    bd: torch.Tensor,
-    w1: torch.Tensor,
-    b1: torch.Tensor,
-    w2: torch.Tensor,
-    b2: torch.Tensor,
-    esa_a: torch.Tensor | None,
-    esa_b: torch.Tensor | None,
-    precision: str = "ieee",
-    out: torch.Tensor | None = None,
-    out_a: torch.Tensor | None = None,
+    a: ConvNeXtArgs, out: torch.Tensor | None = None, out_a: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Launch the fused Triton kernel (one launch); ``out``/``out_a`` (optional) are written in place.
-
-    The arguments are checked once by the entry point (:func:`check_convnext_args`); only ``out``/``out_a`` here.
-    """
+    """Launch the fused Triton kernel (one launch); ``out``/``out_a`` (optional) are written in place."""
     import triton
 
     from bcrn_fast.kernels.convnext import convnext_kernel
 
-    y, a = _alloc_outs(t, esa_a)
-    if out is not None:
-        _common.check_tensor(out, "out", tuple(t.shape), t.dtype, t.device)
-        y = out
-    if out_a is not None:
-        _common.check_tensor(out_a, "out_a", tuple(a.shape), t.dtype, t.device)
-        a = out_a
+    t, esa_a = a.t, a.esa_a
+    y, e_out = _outputs(a, out, out_a)
     n, c, h, w = t.shape
-    hid = w1.shape[1]
+    hid = a.w1.shape[1]
     if y.numel() == 0:
-        return y, a
+        return y, e_out
 
     has_esa = esa_a is not None
     e = esa_a.shape[1] if has_esa else 16
-    dw, bd, w1, b1, w2, b2 = (v.contiguous() for v in (dw, bd, w1, b1, w2, b2))
+    dw, bd, w1, b1, w2, b2 = (v.contiguous() for v in (a.dw, a.bd, a.w1, a.b1, a.w2, a.b2))
     aw = esa_a.contiguous() if has_esa else w1  # dummy pointers when the epilogue is off
-    ab = esa_b.contiguous() if has_esa else b1
-    a_arg = a if has_esa else y
+    ab = a.esa_b.contiguous() if has_esa else b1
+    a_arg = e_out if has_esa else y
     c_pad = _common.next_pow2(c)
     hid_block = min(_common.next_pow2(hid), HIDDEN_BLOCK)
     wide_index = _common.needs_wide_index(t, y, a_arg)
-    block_p, num_warps = _launch_config(h * w, t.dtype, precision, wide_index)
+    block_p, num_warps = _launch_config(h * w, t.dtype, a.precision, wide_index)
     grid = (triton.cdiv(h * w, block_p), n)
-    dot_precision = precision if t.dtype == torch.float32 else "tf32"  # ignored for half operands
+    dot_precision = a.precision if t.dtype == torch.float32 else "tf32"  # ignored for half operands
     with _common.device_guard(t):  # launch on t's GPU, not the current one
         convnext_kernel[grid](
             t, dw, bd, w1, b1, w2, b2, aw, ab, y, a_arg,
@@ -306,44 +274,86 @@ def convnext_triton(
             WIDE_INDEX=wide_index,
             num_warps=num_warps,
         )  # fmt: skip
-    return y, a
+    return y, e_out
 
 
-# The backends of bcrn_fast::convnext, keyed by concrete backend name; one signature.
-CONVNEXT_IMPLS = {"torch": convnext_torch, "triton": convnext_triton, "cuda": cuda_ext.convnext}
+# What the CUDA kernels (csrc/convnext.cu, csrc/bcb_front.cu) are built for.
+CUDA_CHANNELS = 64
+CUDA_HID_MULTIPLE = 64  # the hidden width is processed in chunks of 64
+CUDA_MAX_ESA = 16  # ESA pre-map channels of the epilogue
 
 
-# --------------------------------------------------------------------------- custom op
+def cuda_operands(
+    a: ConvNeXtArgs, x: torch.Tensor, out: torch.Tensor | None, out_a: torch.Tensor | None, what: str
+) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...], torch.Tensor | None, torch.Tensor | None]:
+    """What a CUDA ConvNeXt kernel (``convnext`` or ``bcb_front``, reading ``x``) needs beyond the contract.
+
+    Checks the kernel's build limits and addressability, allocates or checks the outputs (no
+    overlap with the input: the kernels read halos after writing); returns
+    ``(y, a, contiguous (dw, bd, w1, b1, w2, b2), esa_a, esa_b)``.
+    """
+    c, hid = a.w1.shape
+    if c != CUDA_CHANNELS:
+        raise InputError(f"the CUDA {what} kernel is built for C = {CUDA_CHANNELS} channels, got C = {c}")
+    if hid % CUDA_HID_MULTIPLE:
+        raise InputError(
+            f"the CUDA {what} kernel needs a hidden width that is a multiple of {CUDA_HID_MULTIPLE}, got {hid}"
+        )
+    if a.esa_a is not None and not 1 <= a.esa_a.shape[1] <= CUDA_MAX_ESA:
+        raise InputError(f"the CUDA {what} ESA epilogue takes 1..{CUDA_MAX_ESA} channels, got {a.esa_a.shape[1]}")
+    cuda_ext.check_activation(x, "x" if what == "bcb_front" else "t")
+    weights = tuple(v.contiguous() for v in (a.dw, a.bd, a.w1, a.b1, a.w2, a.b2))
+    for v, name in zip(weights, ("dw", "bd", "w1", "b1", "w2", "b2"), strict=True):
+        cuda_ext.check_aligned(v, name)
+    y, e = alloc_outs(x, a.esa_a)
+    if out is not None:
+        cuda_ext.check_out(out, "out", tuple(x.shape), x)
+        cuda_ext.check_no_overlap(out, "out", (x, "the input"))
+        y = out
+    if out_a is not None and a.esa_a is not None:
+        cuda_ext.check_out(out_a, "out_a", tuple(e.shape), x)
+        cuda_ext.check_no_overlap(out_a, "out_a", (x, "the input"), (y, "out"))
+        e = out_a
+    esa = (a.esa_a.contiguous(), a.esa_b.contiguous()) if a.esa_a is not None else (None, None)
+    return y, e, weights, *esa
 
 
-@torch.library.custom_op("bcrn_fast::convnext", mutates_args=())
-def convnext_op(
-    t: torch.Tensor,
-    dw: torch.Tensor,
-    bd: torch.Tensor,
-    w1: torch.Tensor,
-    b1: torch.Tensor,
-    w2: torch.Tensor,
-    b2: torch.Tensor,
-    esa_a: torch.Tensor | None,
-    esa_b: torch.Tensor | None,
-    precision: str,
-    backend: str,
+def cuda_epilogue(aw: torch.Tensor | None, ab: torch.Tensor | None, e: torch.Tensor) -> dict:
+    """The ESA-epilogue keyword arguments of the CUDA ConvNeXt kernels (zeros when it is off)."""
+    on = aw is not None
+    return {
+        "aw": cuda_ext.ptr(aw), "ab": cuda_ext.ptr(ab), "a": cuda_ext.ptr(e) if on else 0,
+        "sa": e.stride() if on else (0, 0, 0, 0), "E": aw.shape[1] if on else 0,
+    }  # fmt: skip
+
+
+def convnext_cuda(
+    a: ConvNeXtArgs, out: torch.Tensor | None = None, out_a: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``bcrn_fast::convnext``: dispatch to the ``"cuda"``, ``"triton"`` or ``"torch"`` backend."""
-    backends.check_backend_name(backend, backends.CONCRETE)
-    return CONVNEXT_IMPLS[backend](t, dw, bd, w1, b1, w2, b2, esa_a, esa_b, precision)
+    """The CUDA-extension kernel (``csrc/convnext.cu``): C = 64, HID a multiple of 64, E <= 16."""
+    t = a.t
+    y, e, (dw, bd, w1, b1, w2, b2), aw, ab = cuda_operands(a, t, out, out_a, "convnext")
+    if y.numel() == 0:
+        return y, e
+    mod, device, stream = cuda_ext.launch_target(t)
+    n, _, h, w = t.shape
+    mod.convnext(
+        dtype=cuda_ext.DTYPE_CODES[t.dtype], t=t.data_ptr(), st=t.stride(),
+        dw=dw.data_ptr(), bd=bd.data_ptr(), w1=w1.data_ptr(), b1=b1.data_ptr(), w2=w2.data_ptr(), b2=b2.data_ptr(),
+        y=y.data_ptr(), sy=y.stride(), N=n, H=h, W=w, hid=w1.shape[1], device=device, stream=stream,
+        **cuda_epilogue(aw, ab, e),
+    )  # fmt: skip
+    return y, e
 
 
-@convnext_op.register_fake
-def _convnext_fake(t, dw, bd, w1, b1, w2, b2, esa_a, esa_b, precision, backend):
-    return _alloc_outs(t, esa_a)
+# The backends of bcrn_fast::convnext, keyed by concrete backend name; one signature: (ConvNeXtArgs, out, out_a).
+CONVNEXT_IMPLS = {"torch": convnext_torch, "triton": convnext_triton, "cuda": convnext_cuda}
 
 
-# --------------------------------------------------------------------------- entry points
+# --------------------------------------------------------------------------- the op (the entry point)
 
 
-def convnext(
+def _convnext(
     t: torch.Tensor,
     dw: torch.Tensor,
     bd: torch.Tensor,
@@ -356,7 +366,7 @@ def convnext(
     precision: str = "ieee",
     backend: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fused ConvNeXt block (see the module docstring for the formula).
+    """Fused ConvNeXt block, the custom op ``bcrn_fast::convnext`` (see the module docstring for the formula).
 
     Args:
         t: ``[N, C, H, W]`` fp32/fp16/bf16 block input, any strides.
@@ -368,9 +378,15 @@ def convnext(
     Returns ``(y, a)``: ``y`` ``[N, C, H, W]`` channels-last in t's dtype; ``a``
     ``[N, E, H, W]`` channels-last, or an empty tensor without the epilogue.
     """
-    check_convnext_args(t, dw, bd, w1, b1, w2, b2, esa_a, esa_b, precision)
-    backend = backends.resolve_backend(backend, t.device)
-    return torch.ops.bcrn_fast.convnext(t, dw, bd, w1, b1, w2, b2, esa_a, esa_b, precision, backend)
+    a = ConvNeXtArgs(**locals())
+    check_convnext_args(a)
+    return CONVNEXT_IMPLS[backends.resolve_backend(backend, t.device)](a)
+
+
+ConvNeXtArgs = _common.op_args("ConvNeXtArgs", _convnext)
+convnext = _common.custom_op(
+    "bcrn_fast::convnext", _convnext, ConvNeXtArgs, check_convnext_args, lambda a: alloc_outs(a.t, a.esa_a)
+)
 
 
 def convnext_packed(
