@@ -277,6 +277,7 @@ def drive_all(
         FusedBSConv(64, 64, 3, padding=1, backend="triton"),
         FusedBSConv(64, 16, 1, backend="triton"),
         FusedBSConv(16, 16, 3, stride=2, backend="triton"),
+        FusedBSConv(32, 16, 3, padding=1, backend="triton"),  # a 32-wide tile (K chunk 32): the generic rows
         FusedConvNeXtBlock(backend="triton"),
         FusedCCA(backend="triton"),
         FusedESA(backend="triton"),

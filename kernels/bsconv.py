@@ -163,6 +163,7 @@ CONFIGS = (
     Rule({"mode": "half", "cout_pad": 32}, Config(64, 4, 3, why="x3 upsampler: [128, 32] on 8 warps spills 8 B on sm_86/sm_89 (Triton 3.6)")),  # noqa: E501
     Rule({"mode": "half", "big": True, "wide": True}, Config(64, 8, 3, why="int64 offsets: 128 pixels spill 8-24 B on sm_80, sm_86/sm_89 (4 or 8 warps)")),  # noqa: E501
     Rule({"mode": "half", "big": True}, Config(128, 8, 3, why="[128, 64] spills on 4 warps")),
+    Rule({"mode": "half", "wide": True}, Config(64, 4, 3, why="int64 offsets, 32-wide tiles: [128, 32] on 4 warps spills (Triton 3.9, sm_80/sm_90)")),  # noqa: E501
     Rule({"mode": "half"}, Config(128, 4, 3, why="tiles below [128, 64]: 4 warps, no spills")),
 )
 # fmt: on
@@ -174,6 +175,10 @@ def launch_config(
     """(BLOCK_P, BLOCK_K, num_warps, num_stages) of ``CONFIGS`` for an ``hw``-pixel output map."""
     width = max(cout_pad, block_k)
     mode = ("ieee" if precision == "ieee" else "tf32") if dtype == torch.float32 else "half"
+    if mode != "ieee":
+        # tensor-core tiles keep their large-map size on maps under 128 pixels: the shrunk ones are not
+        # spill-free under Triton 3.6 ([16, 64] tf32 8 B on sm_90, half 32 B on sm_80; [16, 32] tf32 8 B on sm_80)
+        hw = max(hw, 128)
     big = natural_tile(hw, width) * width >= 128 * 64
     config = pick(CONFIGS, mode=mode, narrow=width <= 16, cout_pad=cout_pad, wide=wide_index, big=big)
     block_k = min(block_k, config.block_k) if config.block_k else block_k
