@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import json
 import os
 import re
@@ -192,8 +193,6 @@ CONFIG_TABLES = ("bsconv", "convnext", "cca", "esa")  # kernels/<name>.py files 
 
 def config_rows() -> list[tuple[str, int, object]]:
     """Every launch-configuration row: (kernel file, index, ``Rule``) of each ``CONFIGS`` table."""
-    import importlib
-
     rows = []
     for name in CONFIG_TABLES:
         table = importlib.import_module(f"bcrn_fast.kernels.{name}").CONFIGS
@@ -204,8 +203,6 @@ def config_rows() -> list[tuple[str, int, object]]:
 @contextlib.contextmanager
 def _rows_looked_up(hits: set[tuple[str, int]]) -> Iterator[None]:
     """Within the block, each ``CONFIGS`` row a launcher picks is added to ``hits`` (the launch follows)."""
-    import importlib
-
     modules = {name: importlib.import_module(f"bcrn_fast.kernels.{name}") for name in CONFIG_TABLES}
     originals = {name: m.pick for name, m in modules.items()}
 

@@ -18,7 +18,7 @@ class Config(NamedTuple):
     """One launch configuration: the largest pixel tile and the launch shape.
 
     ``block_p`` is the pixel tile on large maps (``shrink``: halved on small
-    maps, see :func:`pixel_tile`; otherwise fixed); ``block_k`` caps the input
+    maps, see :func:`pixel_tile`; otherwise only the width cap of :func:`natural_tile`); ``block_k`` caps the input
     channel chunk where the kernel has one (0: no cap / none); ``why`` the
     ptxas fact (registers / spills, arch, Triton version) that chose it.
     """
@@ -46,19 +46,19 @@ def pick(rules: tuple[Rule, ...], **facts: object) -> Config:
     raise LookupError(f"no launch configuration for {facts}")
 
 
-def natural_tile(hw: int, channels: int) -> int:
+def natural_tile(hw: int | None, channels: int) -> int:
     """The map-size rule every launcher shares: pixels per program before any per-mode cap.
 
     A program owns ``BLOCK_P`` pixels of one image times all channels; keep the
     ``[BLOCK_P, C]`` fp32 tile near 8K elements so it lives in registers, and
-    halve it (down to 16) while it is at least twice the map.
+    halve it (down to 16) while it is at least twice the map (``hw=None``: no map-size limit).
     """
     block = 128 if channels <= 64 else 64
-    while block > 16 and block >= 2 * hw:
+    while hw is not None and block > 16 and block >= 2 * hw:
         block //= 2
     return block
 
 
 def pixel_tile(config: Config, hw: int, channels: int) -> int:
-    """``BLOCK_P`` for ``config`` on an ``hw``-pixel map of ``channels``-wide tiles."""
-    return min(config.block_p, natural_tile(hw, channels)) if config.shrink else config.block_p
+    """``BLOCK_P`` for ``config`` on an ``hw``-pixel map of ``channels``-wide tiles (``shrink``: with the map)."""
+    return min(config.block_p, natural_tile(hw if config.shrink else None, channels))

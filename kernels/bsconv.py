@@ -151,6 +151,8 @@ def bsconv_kernel(
 # dots, no tensor cores, nothing to pipeline), "tf32" (fp32) or "half" (fp16/bf16); ``narrow``: the tile is
 # at most 16 channels wide (Cout and the K chunk); ``cout_pad``; ``wide``: the int64 offset path (images past
 # 2^31 element offsets, more address registers); ``big``: the unshrunk tile reaches [128, 64] elements.
+# Tensor-core rows (tf32, half) never shrink with the map: the shrunk tiles are not spill-free under Triton
+# 3.6 ([16, 64] tf32 8 B on sm_90, half 32 B on sm_80; [16, 32] tf32 8 B on sm_80).
 # fmt: off
 CONFIGS = (
     Rule({"narrow": True, "mode": "ieee"}, Config(32, 4, 1, shrink=False, why="ESA low-res branch: [16, 16] spills 8 B on 2 or 4 warps")),  # noqa: E501
@@ -158,13 +160,13 @@ CONFIGS = (
     Rule({"narrow": True}, Config(32, 4, 3, shrink=False, why="[32, 16] on 4 warps: clean for every dtype and arch")),  # noqa: E501
     Rule({"mode": "ieee", "cout_pad": 64}, Config(16, 4, 1, block_k=32, why="BLOCK_K 64 spills 8 B on sm_86/sm_89 (Triton 3.6, 4 warps; 2 or 8 warps spill on sm_80/sm_90)")),  # noqa: E501
     Rule({"mode": "ieee"}, Config(16, 4, 1, why="FMA dots spill above BLOCK_P 16 at 64 channels")),
-    Rule({"mode": "tf32", "cout_pad": 32}, Config(32, 2, 3, why="x3 upsampler: 4 warps spill 8 B on sm_90")),
-    Rule({"mode": "tf32"}, Config(32, 4, 3, why="BLOCK_P 64 spills on sm_80 even on 8 warps; Cout 16: 2 warps spill on sm_80 (3.6), sm_86/sm_89 (3.9)")),  # noqa: E501
-    Rule({"mode": "half", "cout_pad": 32}, Config(64, 4, 3, why="x3 upsampler: [128, 32] on 8 warps spills 8 B on sm_86/sm_89 (Triton 3.6)")),  # noqa: E501
-    Rule({"mode": "half", "big": True, "wide": True}, Config(64, 8, 3, why="int64 offsets: 128 pixels spill 8-24 B on sm_80, sm_86/sm_89 (4 or 8 warps)")),  # noqa: E501
-    Rule({"mode": "half", "big": True}, Config(128, 8, 3, why="[128, 64] spills on 4 warps")),
-    Rule({"mode": "half", "wide": True}, Config(64, 4, 3, why="int64 offsets, 32-wide tiles: [128, 32] on 4 warps spills (Triton 3.9, sm_80/sm_90)")),  # noqa: E501
-    Rule({"mode": "half"}, Config(128, 4, 3, why="tiles below [128, 64]: 4 warps, no spills")),
+    Rule({"mode": "tf32", "cout_pad": 32}, Config(32, 2, 3, shrink=False, why="x3 upsampler: 4 warps spill 8 B on sm_90")),  # noqa: E501
+    Rule({"mode": "tf32"}, Config(32, 4, 3, shrink=False, why="BLOCK_P 64 spills on sm_80 even on 8 warps; Cout 16: 2 warps spill on sm_80 (3.6), sm_86/sm_89 (3.9)")),  # noqa: E501
+    Rule({"mode": "half", "cout_pad": 32}, Config(64, 4, 3, shrink=False, why="x3 upsampler: [128, 32] on 8 warps spills 8 B on sm_86/sm_89 (Triton 3.6)")),  # noqa: E501
+    Rule({"mode": "half", "big": True, "wide": True}, Config(64, 8, 3, shrink=False, why="int64 offsets: 128 pixels spill 8-24 B on sm_80, sm_86/sm_89 (4 or 8 warps)")),  # noqa: E501
+    Rule({"mode": "half", "big": True}, Config(128, 8, 3, shrink=False, why="[128, 64] spills on 4 warps")),
+    Rule({"mode": "half", "wide": True}, Config(64, 4, 3, shrink=False, why="int64 offsets, 32-wide tiles: [128, 32] on 4 warps spills (Triton 3.9, sm_80/sm_90)")),  # noqa: E501
+    Rule({"mode": "half"}, Config(128, 4, 3, shrink=False, why="tiles below [128, 64]: 4 warps, no spills")),
 )
 # fmt: on
 
@@ -175,11 +177,7 @@ def launch_config(
     """(BLOCK_P, BLOCK_K, num_warps, num_stages) of ``CONFIGS`` for an ``hw``-pixel output map."""
     width = max(cout_pad, block_k)
     mode = ("ieee" if precision == "ieee" else "tf32") if dtype == torch.float32 else "half"
-    if mode != "ieee":
-        # tensor-core tiles keep their large-map size on maps under 128 pixels: the shrunk ones are not
-        # spill-free under Triton 3.6 ([16, 64] tf32 8 B on sm_90, half 32 B on sm_80; [16, 32] tf32 8 B on sm_80)
-        hw = max(hw, 128)
-    big = natural_tile(hw, width) * width >= 128 * 64
+    big = natural_tile(None, width) * width >= 128 * 64
     config = pick(CONFIGS, mode=mode, narrow=width <= 16, cout_pad=cout_pad, wide=wide_index, big=big)
     block_k = min(block_k, config.block_k) if config.block_k else block_k
     return pixel_tile(config, hw, width), block_k, config.num_warps, config.num_stages

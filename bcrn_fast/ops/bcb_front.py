@@ -42,21 +42,22 @@ CHANNELS = 64
 # --------------------------------------------------------------------------- checks
 
 
-def _parts(a: BcbFrontArgs, t1: torch.Tensor | None = None) -> tuple[BSConvArgs, ConvNeXtArgs]:
-    """The BSConv's and the ConvNeXt block's argument records (``t1``: the ConvNeXt input, default ``x``)."""
-    conv = BSConvArgs(a.x, a.conv_pw_t, a.conv_dw, a.conv_bias, a.in_scale, None, 3, 1, 1, precision=a.precision)
-    t = a.x if t1 is None else t1
-    block = ConvNeXtArgs(t, a.dw, a.bd, a.w1, a.b1, a.w2, a.b2, a.esa_a, a.esa_b, a.precision)
-    return conv, block
+def _conv_args(a: BcbFrontArgs) -> BSConvArgs:
+    """The BSConv's argument record: 3x3, stride 1, padding 1 on ``x ⊙ in_scale``."""
+    return BSConvArgs(a.x, a.conv_pw_t, a.conv_dw, a.conv_bias, a.in_scale, None, 3, 1, 1, precision=a.precision)
+
+
+def _block_args(a: BcbFrontArgs, t1: torch.Tensor) -> ConvNeXtArgs:
+    """The ConvNeXt block's argument record on its input ``t1``."""
+    return ConvNeXtArgs(t1, a.dw, a.bd, a.w1, a.b1, a.w2, a.b2, a.esa_a, a.esa_b, a.precision)
 
 
 def check_bcb_front_args(a: BcbFrontArgs) -> None:
     """Validate every argument (metadata only): the BSConv is 64 → 64, the ConvNeXt block takes its output."""
-    conv, block = _parts(a)
-    check_bsconv_args(conv)
+    check_bsconv_args(_conv_args(a))
     if tuple(a.conv_pw_t.shape) != (CHANNELS, CHANNELS):
         raise InputError(f"bcb_front: conv_pw_t must be [{CHANNELS}, {CHANNELS}], got {tuple(a.conv_pw_t.shape)}")
-    check_convnext_args(block)  # t1 has x's shape, dtype and device
+    check_convnext_args(_block_args(a, a.x))  # t1 has x's shape, dtype and device
 
 
 # --------------------------------------------------------------------------- backends
@@ -68,9 +69,8 @@ def _composed(impl: str):
     def run(
         a: BcbFrontArgs, out: torch.Tensor | None = None, out_a: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        conv, _ = _parts(a)
-        t1 = BSCONV_IMPLS[impl](conv)
-        return CONVNEXT_IMPLS[impl](_parts(a, t1)[1], out, out_a)
+        t1 = BSCONV_IMPLS[impl](_conv_args(a))
+        return CONVNEXT_IMPLS[impl](_block_args(a, t1), out, out_a)
 
     run.__name__ = run.__qualname__ = f"bcb_front_{impl}"
     run.__doc__ = f"``convnext(bsconv(x))`` on the {impl} backends of the two ops."
@@ -82,7 +82,7 @@ def bcb_front_cuda(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The one CUDA kernel (``csrc/bcb_front.cu``): t1 is kept in shared memory with its halo."""
     x, in_scale = a.x, a.in_scale
-    y, e, (dw, bd, w1, b1, w2, b2), aw, ab = cuda_operands(_parts(a)[1], x, out, out_a, "bcb_front")
+    y, e, (dw, bd, w1, b1, w2, b2), aw, ab = cuda_operands(_block_args(a, x), out, out_a, "bcb_front")
     if in_scale is not None:
         cuda_ext.check_no_overlap(y, "out", (in_scale, "in_scale"))
     pw, d0, b0 = a.conv_pw_t.contiguous(), a.conv_dw.contiguous(), a.conv_bias.contiguous()

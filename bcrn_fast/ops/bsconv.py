@@ -148,13 +148,8 @@ def _alloc_out(a: BSConvArgs) -> torch.Tensor:
     return _common.empty_nhwc(*shape, dtype=a.x.dtype, device=a.x.device)
 
 
-def _with_padding(a: BSConvArgs) -> BSConvArgs:
-    """``padding=None`` means ``(ksize - 1) // 2`` (same size for odd kernels at stride 1)."""
-    return a if a.padding is not None else a._replace(padding=(a.ksize - 1) // 2)
-
-
-def check_bsconv_args(a: BSConvArgs) -> tuple[int, ...]:
-    """Validate every argument of ``bsconv`` (metadata only); return the output shape."""
+def check_bsconv_args(a: BSConvArgs) -> None:
+    """Validate every argument of ``bsconv`` (metadata only)."""
     x, pw_t = a.x, a.pw_t
     if not isinstance(x, torch.Tensor):
         raise InputError(f"x: expected a torch.Tensor, got {type(x).__name__}")
@@ -202,7 +197,6 @@ def check_bsconv_args(a: BSConvArgs) -> tuple[int, ...]:
         if a.residual.dim() != 4:
             raise InputError(f"residual: expected a 4-D tensor {shape}, got shape {tuple(a.residual.shape)}")
         _common.check_tensor(a.residual, "residual", shape, x.dtype, x.device)
-    return shape
 
 
 # --------------------------------------------------------------------------- launch config
@@ -381,8 +375,9 @@ BSConvArgs = _common.op_args("BSConvArgs", _bsconv)
 
 
 def _bsconv_args(*args, **kwargs) -> BSConvArgs:
-    """The op's arguments as a record; ``padding=None`` means ``(ksize - 1) // 2``."""
-    return _with_padding(BSConvArgs(*args, **kwargs))
+    """The op's arguments as a record; ``padding=None`` means ``(ksize - 1) // 2`` (same size at stride 1)."""
+    a = BSConvArgs(*args, **kwargs)
+    return a if a.padding is not None else a._replace(padding=(a.ksize - 1) // 2)
 
 
 bsconv = _common.custom_op("bcrn_fast::bsconv", _bsconv, _bsconv_args, check_bsconv_args, _alloc_out)

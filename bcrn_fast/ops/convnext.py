@@ -284,9 +284,9 @@ CUDA_MAX_ESA = 16  # ESA pre-map channels of the epilogue
 
 
 def cuda_operands(
-    a: ConvNeXtArgs, x: torch.Tensor, out: torch.Tensor | None, out_a: torch.Tensor | None, what: str
+    a: ConvNeXtArgs, out: torch.Tensor | None, out_a: torch.Tensor | None, what: str
 ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...], torch.Tensor | None, torch.Tensor | None]:
-    """What a CUDA ConvNeXt kernel (``convnext`` or ``bcb_front``, reading ``x``) needs beyond the contract.
+    """What a CUDA ConvNeXt kernel (``convnext`` or ``bcb_front``, reading ``a.t``) needs beyond the contract.
 
     Checks the kernel's build limits and addressability, allocates or checks the outputs (no
     overlap with the input: the kernels read halos after writing); returns
@@ -301,6 +301,7 @@ def cuda_operands(
         )
     if a.esa_a is not None and not 1 <= a.esa_a.shape[1] <= CUDA_MAX_ESA:
         raise InputError(f"the CUDA {what} ESA epilogue takes 1..{CUDA_MAX_ESA} channels, got {a.esa_a.shape[1]}")
+    x = a.t
     cuda_ext.check_activation(x, "x" if what == "bcb_front" else "t")
     weights = tuple(v.contiguous() for v in (a.dw, a.bd, a.w1, a.b1, a.w2, a.b2))
     for v, name in zip(weights, ("dw", "bd", "w1", "b1", "w2", "b2"), strict=True):
@@ -332,7 +333,7 @@ def convnext_cuda(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The CUDA-extension kernel (``csrc/convnext.cu``): C = 64, HID a multiple of 64, E <= 16."""
     t = a.t
-    y, e, (dw, bd, w1, b1, w2, b2), aw, ab = cuda_operands(a, t, out, out_a, "convnext")
+    y, e, (dw, bd, w1, b1, w2, b2), aw, ab = cuda_operands(a, out, out_a, "convnext")
     if y.numel() == 0:
         return y, e
     mod, device, stream = cuda_ext.launch_target(t)
