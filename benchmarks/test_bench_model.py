@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from bcrn_fast.benchmarking.pytest_support import model_params, run_benchmark
+from bcrn_fast.benchmarking.pytest_support import bench_params, run_benchmark
 
 
-@pytest.mark.parametrize(("case", "variant"), model_params())
+@pytest.mark.parametrize(("case", "variant"), bench_params("model"))
 def test_model(benchmark, harness, case, variant):
     run_benchmark(benchmark, harness, case, variant)

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from bcrn_fast.benchmarking.pytest_support import module_params, run_benchmark
+from bcrn_fast.benchmarking.pytest_support import bench_params, run_benchmark
 
 
-@pytest.mark.parametrize(("case", "variant"), module_params())
+@pytest.mark.parametrize(("case", "variant"), bench_params("modules"))
 def test_module(benchmark, harness, case, variant):
     run_benchmark(benchmark, harness, case, variant)

@@ -19,6 +19,11 @@ from bcrn_fast import pipeline_bench as pb
 from bcrn_fast.imageio import read_image, to_uint8
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+# kind -> (make the input in a folder, benchmark it, items, unit of the rates in extra_info)
+KINDS = {
+    "video": (lambda d: pb.make_video(d / "synthetic.mp4", 64, 48, 12), pb.bench_video, 12, "fps"),
+    "folder": (lambda d: pb.make_folder(d / "in", 8, 48, 40), pb.bench_folder, 8, "ips"),
+}
 
 
 @pytest.fixture(scope="module")
@@ -26,38 +31,26 @@ def model() -> torch.nn.Module:
     return pb._model(2, DEVICE, None)
 
 
-def test_pipeline_video(benchmark, model, tmp_path: Path) -> None:  # noqa: ANN001
-    pytest.importorskip("av", reason="the video benchmark needs PyAV: pip install 'bcrn_fast[video]'")
-    src = pb.make_video(tmp_path / "synthetic.mp4", 64, 48, 12)
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_pipeline(benchmark, model, tmp_path: Path, kind: str) -> None:  # noqa: ANN001
+    make, bench, items, unit = KINDS[kind]
+    if kind == "video":
+        pytest.importorskip("av", reason="the video benchmark needs PyAV: pip install 'bcrn_fast[video]'")
+    src = make(tmp_path)
     rows = {}
 
     def run() -> None:
-        for r in pb.bench_video(model, 2, src, tmp_path, DEVICE):
-            rows[r.variant] = r
+        rows.update((r.variant, r) for r in bench(model, 2, src, tmp_path, DEVICE))
 
     benchmark.pedantic(run, rounds=1, iterations=1)
     naive = rows["naive loop (NCHW)"]
     best = max((r for k, r in rows.items() if k.startswith("pipelined")), key=lambda r: r.rate)
-    assert best.items == naive.items == 12
-    benchmark.extra_info.update(
-        naive_fps=naive.rate, pipelined_fps=best.rate, speedup=best.rate / naive.rate, busy=best.busy
-    )
-    print("\n" + pb.format_rows(list(rows.values())))
-
-
-def test_pipeline_folder(benchmark, model, tmp_path: Path) -> None:  # noqa: ANN001
-    paths = pb.make_folder(tmp_path / "in", 8, 48, 40)
-    rows = {}
-
-    def run() -> None:
-        for r in pb.bench_folder(model, 2, paths, tmp_path, DEVICE):
-            rows[r.variant] = r
-
-    benchmark.pedantic(run, rounds=1, iterations=1)
-    with torch.inference_mode():  # the pipelined outputs are the model's
-        want = to_uint8(model(read_image(paths[3])[0].to(DEVICE))).astype(int)
-    got = np.array(Image.open(tmp_path / "pipe_png" / "img003_x2.png")).astype(int)
-    assert np.abs(got - want).max() <= 1
-    naive, piped = rows["naive loop (NCHW)"], rows["pipelined"]
-    benchmark.extra_info.update(naive_ips=naive.rate, pipelined_ips=piped.rate, speedup=piped.rate / naive.rate)
+    assert best.items == naive.items == items
+    if kind == "folder":  # the pipelined outputs are the model's
+        with torch.inference_mode():
+            want = to_uint8(model(read_image(src[3])[0].to(DEVICE))).astype(int)
+        got = np.array(Image.open(tmp_path / "pipe_png" / "img003_x2.png")).astype(int)
+        assert np.abs(got - want).max() <= 1
+    rates = {f"naive_{unit}": naive.rate, f"pipelined_{unit}": best.rate, "speedup": best.rate / naive.rate}
+    benchmark.extra_info.update(rates, busy=best.busy)
     print("\n" + pb.format_rows(list(rows.values())))

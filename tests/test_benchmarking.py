@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 
 import pytest
@@ -107,7 +108,7 @@ def test_quantiles_and_plan():
     assert timing.quantile(vals, 0.5) == 3.0
     assert timing.quantile(vals, 0.2) == pytest.approx(1.8)
     assert timing.quantile(vals, 0.8) == pytest.approx(4.2)
-    res = timing.summarize(vals)
+    res = timing.TimingResult(vals)
     assert res.p20_ms <= res.median_ms <= res.p80_ms
     reps, inner = timing.plan(0.1, target_sample_ms=20, reps=25, max_row_s=2)
     assert inner == 200 and 3 <= reps <= 25
@@ -550,14 +551,16 @@ def test_release_after_a_cuda_fault_does_not_raise(monkeypatch):
 
 
 def test_fused_availability_uses_the_backends_real_check():
-    from bcrn_fast.benchmarking.variants import fused_backend_unavailable, fused_backends
+    from bcrn_fast.benchmarking.variants import fused_backend_unavailable
+    from bcrn_fast.ops.backends import BackendUnavailable, resolve_backend
 
     cpu = torch.device("cpu")
     assert fused_backend_unavailable("torch", cpu) is None
     assert "CUDA device" in fused_backend_unavailable("triton", cpu)
     why = fused_backend_unavailable("cuda", cpu)
-    assert why is not None and "backend='cuda' cannot run" in why  # resolve_backend's own message
-    assert fused_backends(cpu) == (["torch"], None)
+    assert why is not None and "backend='cuda' cannot run" in why
+    with pytest.raises(BackendUnavailable, match=re.escape(why)):
+        resolve_backend("cuda", cpu)  # the same message a fused module raises
 
 
 def test_onnxruntime_variant_skips_with_its_reason_or_matches_eager(bench):

@@ -24,9 +24,8 @@ from typing import Any
 
 import torch
 
-from bcrn_fast.benchmarking.env import collect_environment, device_slug
+from bcrn_fast.benchmarking import report
 from bcrn_fast.benchmarking.harness import DTYPES, Bench, Case, Options, Row
-from bcrn_fast.benchmarking.report import load_report, make_report, markdown, plot, summary_lines, write_report
 from bcrn_fast.benchmarking.targets import MODULE_TARGETS, TARGETS
 from bcrn_fast.benchmarking.variants import ALL_VARIANTS, expand_names, resolve_variants
 from bcrn_fast.model import MIN_SIZE, SCALES
@@ -49,9 +48,7 @@ class UsageError(ValueError):
 def parse_sizes(text: str) -> list[tuple[int, int]]:
     """``"320x180,960x540"`` -> ``[(320, 180), (960, 540)]`` (width, height); each side >= 15."""
     sizes = []
-    for item in (s.strip().lower() for s in text.split(",")):
-        if not item:
-            continue
+    for item in filter(None, (s.strip().lower() for s in text.split(","))):
         parts = item.split("x")
         if len(parts) != 2 or not all(p.isdigit() for p in parts):
             raise UsageError(f"--sizes: {item!r} is not WIDTHxHEIGHT (e.g. 320x180)")
@@ -74,10 +71,9 @@ def _int_list(text: str, name: str) -> list[int]:
     return values
 
 
-def _targets(text: str) -> list[str]:
-    unknown = "--targets: unknown {item}; choose from " + ", ".join(TARGETS) + ", modules, all"
+def _names(text: str, option: str, known: Any, groups: dict[str, Any], hint: str) -> list[str]:
     try:
-        return expand_names(text, TARGETS, {"modules": MODULE_TARGETS, "all": tuple(TARGETS)}, unknown)
+        return expand_names(text, known, groups, f"{option}: unknown {{item}}; choose from {hint}")
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 
@@ -92,31 +88,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "CUDA: 320x180 and 960x540 x4, fp32+fp16, every variant)",
     )
     g.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
-    g.add_argument("--sizes", default=None, help="LR sizes WIDTHxHEIGHT, comma-separated (e.g. 320x180,960x540)")
-    g.add_argument(
-        "--scales", default=None, help=f"upscaling factors, comma-separated, from {SCALES} (default 4,2; quick 4)"
-    )
-    g.add_argument(
-        "--dtypes",
-        default=None,
-        help="fp32,fp16,bf16 (default: fp32 on CPU; all three on CUDA, fp32,fp16 with --quick)",
-    )
+    g.add_argument("--sizes", help="LR sizes WIDTHxHEIGHT, comma-separated (e.g. 320x180,960x540)")
+    g.add_argument("--scales", help=f"upscaling factors, comma-separated, from {SCALES} (default 4,2; quick 4)")
+    g.add_argument("--dtypes", help="fp32,fp16,bf16 (default: fp32 on CPU; all three on CUDA, fp32,fp16 with --quick)")
     g.add_argument(
         "--variants",
-        default=None,
         help=f"comma list from {', '.join(ALL_VARIANTS)}, or all/default/quick/compile "
         "(eager is always added: it is the baseline)",
     )
-    g.add_argument("--batch", default=None, help="batch sizes, comma-separated (default 1, plus 8 at 256x256)")
+    g.add_argument("--batch", help="batch sizes, comma-separated (default 1, plus 8 at 256x256)")
+    targets = ", ".join(TARGETS)
     g.add_argument(
-        "--targets",
-        default="model",
-        help=f"model and/or modules: {', '.join(TARGETS)}, 'modules' or 'all' (default model)",
+        "--targets", default="model", help=f"model and/or modules: {targets}, 'modules' or 'all' (default model)"
     )
     g.add_argument(
-        "--weights",
-        default=None,
-        help="checkpoint file or folder with best_epoch_x{s}.pth (default: seeded random weights)",
+        "--weights", help="checkpoint file or folder with best_epoch_x{s}.pth (default: seeded random weights)"
     )
     g.add_argument("--seed", type=int, default=0, help="seed of the random weights and inputs")
     t = parser.add_argument_group("how to time")
@@ -127,13 +113,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="CUDA: loop = back-to-back calls between events (launch overhead included); "
         "flush = one call per event pair after an L2 flush",
     )
-    t.add_argument(
-        "--budget-s",
-        type=float,
-        default=None,
-        help="stop starting new rows after this many seconds (they are reported SKIPPED)",
-    )
-    t.add_argument("--max-row-s", type=float, default=None, help="seconds of timing per row, at most")
+    t.add_argument("--budget-s", type=float, help="stop starting new rows after this many seconds (they are SKIPPED)")
+    t.add_argument("--max-row-s", type=float, help="seconds of timing per row, at most")
     t.add_argument("--no-profile", action="store_true", help="do not count kernels with torch.profiler")
     t.add_argument(
         "--isolate",
@@ -144,19 +125,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     t.add_argument(
         "--row-timeout-s",
         type=float,
-        default=None,
         help="with --isolate: at most this many seconds per row's process (default: from the variant's build cost)",
     )
-    t.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="torch.set_num_threads for CPU runs (on a shared machine 1 is often faster and steadier)",
-    )
+    t.add_argument("--threads", type=int, help="torch.set_num_threads for CPU runs (on a shared machine 1 is steadier)")
     o = parser.add_argument_group("output")
-    o.add_argument("--out", default=None, help="folder for <date>_<device>.json and .md (written after every row)")
+    o.add_argument("--out", help="folder for <date>_<device>.json and .md (written after every row)")
     o.add_argument("--plot", action="store_true", help="also write a PNG bar chart (needs matplotlib)")
-    o.add_argument("--from-json", default=None, metavar="JSON", help="print the table of an existing report and exit")
+    o.add_argument("--from-json", metavar="JSON", help="print the table of an existing report and exit")
 
 
 def _resolve_device(text: str) -> torch.device:
@@ -180,78 +155,63 @@ def build_cases(args: argparse.Namespace, device_type: str) -> list[Case]:
     quick = bool(args.quick)
     sizes = parse_sizes(args.sizes or DEFAULT_SIZES[(device_type, quick)])
     scales = _int_list(args.scales or ("4" if quick else "4,2"), "--scales")
-    for s in scales:
-        if s not in SCALES:
-            raise UsageError(f"--scales: {s} is not one of {SCALES}")
-    if args.dtypes:
-        dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
-    elif device_type == "cpu":
-        dtypes = ["fp32"]
-    else:
-        dtypes = ["fp32", "fp16"] if quick else ["fp32", "fp16", "bf16"]
-    for d in dtypes:
-        if d not in DTYPES:
-            raise UsageError(f"--dtypes: {d!r} is not one of {', '.join(DTYPES)}")
-    explicit_batch = _int_list(args.batch, "--batch") if args.batch else None
-    cases: list[Case] = []
-    for target in _targets(args.targets):
-        for scale in scales if TARGETS[target].uses_scale else [None]:
-            for w, h in sizes:
-                batches = explicit_batch or [1] + ([EXTRA_BATCH[(w, h)]] if (w, h) in EXTRA_BATCH else [])
-                for b in batches:
-                    for d in dtypes:
-                        cases.append(Case(target, scale, w, h, b, d))
+    if bad := [s for s in scales if s not in SCALES]:
+        raise UsageError(f"--scales: {bad[0]} is not one of {SCALES}")
+    default_dtypes = "fp32" if device_type == "cpu" else "fp32,fp16" if quick else "fp32,fp16,bf16"
+    dtypes = [d.strip() for d in (args.dtypes or default_dtypes).split(",") if d.strip()]
+    if bad := [d for d in dtypes if d not in DTYPES]:
+        raise UsageError(f"--dtypes: {bad[0]!r} is not one of {', '.join(DTYPES)}")
+    batch = _int_list(args.batch, "--batch") if args.batch else None
+    groups = {"modules": MODULE_TARGETS, "all": tuple(TARGETS)}
+    cases = [
+        Case(target, scale, w, h, b, d)
+        for target in _names(args.targets, "--targets", TARGETS, groups, ", ".join(TARGETS) + ", modules, all")
+        for scale in (scales if TARGETS[target].uses_scale else [None])
+        for w, h in sizes
+        for b in batch or [1, *([EXTRA_BATCH[(w, h)]] if (w, h) in EXTRA_BATCH else [])]
+        for d in dtypes
+    ]
     return list(dict.fromkeys(cases))
 
 
 def _config(args: argparse.Namespace, device: torch.device, variants: list[str], options: Options) -> dict[str, Any]:
-    timing_desc = (
-        "time.perf_counter per call under torch.inference_mode"
-        if device.type == "cpu"
-        else (
+    if device.type == "cpu":
+        timing = "time.perf_counter per call under torch.inference_mode"
+    elif options.timing == "loop":
+        timing = (
             f"CUDA events around back-to-back calls from an idle GPU, inputs rotated over {options.n_buffers} buffers"
-            if options.timing == "loop"
-            else "CUDA events per call after a 256 MB L2 flush (do_bench style)"
         )
-    )
-    return {
-        "argv": sys.argv[1:],
-        "quick": bool(args.quick),
-        "device": str(device),
-        "targets": args.targets,
-        "variants": variants,
-        "weights": args.weights,
-        "seed": args.seed,
-        "timing": options.timing,
-        "timing_desc": timing_desc + "; median and p20/p80 of the samples",
-        "budget_s": options.budget_s,
-        "n_buffers": options.n_buffers,
-        "isolated": bool(getattr(args, "isolate", False)),
-    }
+    else:
+        timing = "CUDA events per call after a 256 MB L2 flush (do_bench style)"
+    config = dict(argv=sys.argv[1:], quick=bool(args.quick), device=str(device), targets=args.targets)
+    config.update(variants=variants, weights=args.weights, seed=args.seed, timing=options.timing)
+    config.update(timing_desc=timing + "; median and p20/p80 of the samples", budget_s=options.budget_s)
+    return dict(config, n_buffers=options.n_buffers, isolated=bool(args.isolate))
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark grid of ``args``, print the table; 0 ok, 1 a variant WRONG/CRASHED/TIMEOUT, 2 bad args."""
     if args.from_json:
         try:
-            report = load_report(args.from_json)
+            print(report.markdown(report.load_report(args.from_json)))
         except (OSError, ValueError) as exc:
-            print(f"bcrn-fast: error: bench: cannot read {args.from_json}: {exc}", file=sys.stderr)
+            _say(f"bcrn-fast: error: bench: cannot read {args.from_json}: {exc}")
             return 2
-        print(markdown(report))
         return 0
     try:
         device = _resolve_device(args.device)
         cases = build_cases(args, device.type)
         variants = resolve_variants(args.variants, device.type, quick=bool(args.quick))
+        if args.threads is not None and args.threads < 1:
+            raise UsageError("--threads must be >= 1")
     except (UsageError, ValueError) as exc:
-        print(f"bcrn-fast: error: bench: {exc}", file=sys.stderr)
+        _say(f"bcrn-fast: error: bench: {exc}")
         return 2
-
     if args.threads is not None:
-        if args.threads < 1:
-            print("bcrn-fast: error: bench: --threads must be >= 1", file=sys.stderr)
-            return 2
         torch.set_num_threads(args.threads)
     given = {"device": device, "seed": args.seed, "weights": args.weights, "timing": args.timing}
     given.update(budget_s=args.budget_s, profile=not args.no_profile)
@@ -259,54 +219,44 @@ def run(args: argparse.Namespace) -> int:
         given["max_row_s"] = args.max_row_s
     options = Options.quick(**given) if args.quick else Options(**given)
 
-    env = collect_environment(device)
+    env = report.collect_environment(device)
     config = _config(args, device, variants, options)
-    stem = _dt.datetime.now().strftime("%Y-%m-%d_%H%M%S") + "_" + device_slug(env)
+    stem = _dt.datetime.now().strftime("%Y-%m-%d_%H%M%S") + "_" + report.device_slug(env)
     total = len(cases) * len(variants)
-    print(
+    _say(
         f"bcrn-fast bench on {env['device_name']}: {len(cases)} cases x {len(variants)} variants = {total} rows "
-        f"(torch {env['torch']}, triton {env['triton']})",
-        file=sys.stderr,
-        flush=True,
+        f"(torch {env['torch']}, triton {env['triton']})"
     )
 
     def on_row(row: Row, done: list[Row]) -> None:
-        case = row.case
+        label = f"{row.case.label()} {row.variant}"
         if row.kernels_per_fwd is not None:  # the profiling pass after all timings
-            print(
-                f"[profile] {case.label()} {row.variant}: {row.kernels_per_fwd} kernels, "
-                f"{row.launch_calls_per_fwd} launch calls per forward",
-                file=sys.stderr,
-                flush=True,
+            _say(
+                f"[profile] {label}: {row.kernels_per_fwd} kernels, {row.launch_calls_per_fwd} launch calls per forward"
             )
         else:
             timing = f"{row.median_ms:.3f} ms" if row.median_ms is not None else (row.reason or "")
-            print(
-                f"[{len(done)}/{total}] {case.label()} {row.variant}: {row.status} {timing}",
-                file=sys.stderr,
-                flush=True,
-            )
+            _say(f"[{len(done)}/{total}] {label}: {row.status} {timing}")
         if args.out:
-            write_report(make_report(done, env, config, complete=False), args.out, stem)
+            report.write_report(report.make_report(done, env, config, complete=False), args.out, stem)
 
-    if getattr(args, "isolate", False):
+    if args.isolate:
         from bcrn_fast.benchmarking.isolated import run_isolated
 
-        rows = run_isolated(cases, variants, options, on_row=on_row, row_timeout_s=getattr(args, "row_timeout_s", None))
+        rows = run_isolated(cases, variants, options, on_row=on_row, row_timeout_s=args.row_timeout_s)
     else:
         rows = Bench(options).run(cases, variants, on_row=on_row)
-    report = make_report(rows, env, config, complete=True)
+    result = report.make_report(rows, env, config, complete=True)
     if args.out:
-        json_path, md_path = write_report(report, args.out, stem)
-        print(f"wrote {json_path} and {md_path}", file=sys.stderr)
+        json_path, md_path = report.write_report(result, args.out, stem)
+        _say(f"wrote {json_path} and {md_path}")
         if args.plot:
-            png = plot(report, md_path.with_suffix(".png"))
-            print(f"wrote {png}" if png else "--plot: matplotlib is not installed, no plot", file=sys.stderr)
-    print(markdown(report))
-    for line in summary_lines(report):
-        print(line, file=sys.stderr)
-    bad = [r for r in rows if r.status in ("WRONG", "CRASHED", "TIMEOUT")]
-    return 1 if bad else 0
+            png = report.plot(result, md_path.with_suffix(".png"))
+            _say(f"wrote {png}" if png else "--plot: matplotlib is not installed, no plot")
+    print(report.markdown(result))
+    for line in report.summary_lines(result):
+        _say(line)
+    return 1 if any(r.status in ("WRONG", "CRASHED", "TIMEOUT") for r in rows) else 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,16 +9,17 @@ For every row (target, scale, LR size, batch, dtype, variant):
    graph capture all happen there);
 3. **verify**: the first call's output and the output after warm-up are
    compared with the fp32 eager reference (TF32 off) by relative Frobenius
-   error; above the dtype's tolerance the row is WRONG and never timed, and
-   an exception anywhere makes it CRASHED;
+   error; above the dtype's tolerance (:mod:`bcrn_fast.tolerances`) the row is
+   WRONG and never timed, and an exception anywhere makes it CRASHED;
 4. time it (:mod:`bcrn_fast.benchmarking.timing`), rotating input buffers;
    measure peak memory over the warm-up calls;
 5. (CUDA) after every row is timed, rebuild the OK variants and count the
    kernels of one forward with ``torch.profiler`` (a separate pass, so the
    profiler never runs before a timing).
 
-Speedups, GB/s, TFLOP/s and the roofline fraction are derived from the rows
-by :mod:`bcrn_fast.benchmarking.report`.
+:func:`schedule` is the one row loop, in-process (:meth:`Bench.run`) or a
+process per row (:mod:`~bcrn_fast.benchmarking.isolated`). Speedups, GB/s,
+TFLOP/s and the roofline fraction are derived by :func:`report.annotate`.
 """
 
 from __future__ import annotations
@@ -34,30 +35,18 @@ import torch
 
 from bcrn_fast.benchmarking import timing
 from bcrn_fast.benchmarking.costs import target_traffic
-from bcrn_fast.benchmarking.targets import TARGETS, load_weights, resolve_weights_file
+from bcrn_fast.benchmarking.targets import TARGETS, reference_weights
 from bcrn_fast.benchmarking.variants import VARIANTS, BuildContext, Prepared
 from bcrn_fast.tolerances import TOLERANCE, rel_error
 
-__all__ = [
-    "DTYPES",
-    "STATUSES",
-    "TOLERANCE",
-    "Bench",
-    "Case",
-    "Options",
-    "Row",
-    "VerificationError",
-    "count_launch_events",
-    "fp32_strict",
-    "rel_error",
-    "schedule",
-]
+__all__ = ["DTYPES", "STATUSES", "TOLERANCE", "Bench", "Case", "Options", "Row", "VerificationError", "schedule"]
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}  # TOLERANCE: bcrn_fast.tolerances
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # WRONG: over tolerance (never timed); CRASHED: raised, or its process died; TIMEOUT: its process ran out of time
 STATUSES = ("OK", "WRONG", "CRASHED", "TIMEOUT", "SKIPPED")
 _LAUNCH_APIS = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx")
 _LAUNCH_APIS += ("cudaLaunchCooperativeKernel", "cudaGraphLaunch", "cuGraphLaunch")
+_TIMED = ("median_ms", "p20_ms", "p80_ms", "images_per_s", "out_mpix_per_s")  # None unless the row is OK
 # A timer gets the verified fn, the input buffers and one call's wall-clock ms; None = not measured.
 Timer = Callable[[Callable[[torch.Tensor], Any], Sequence[torch.Tensor], float], "timing.TimingResult | None"]
 
@@ -80,10 +69,6 @@ class Case:
     @property
     def input_key(self) -> tuple[str, int, int, int]:
         return (self.target, self.width, self.height, self.batch)
-
-    @property
-    def reference_key(self) -> tuple[str, int | None, int, int, int]:
-        return (self.target, self.scale, self.width, self.height, self.batch)
 
     def label(self) -> str:
         scale = f"x{self.scale} " if self.scale else ""
@@ -109,9 +94,7 @@ class Options:
 
     @classmethod
     def quick(cls, **kw: Any) -> Options:
-        base = {"warmup": 1, "reps": 10, "max_row_s": 1.0, "cpu_reps": 5}
-        base.update(kw)
-        return cls(**base)
+        return cls(**{"warmup": 1, "reps": 10, "max_row_s": 1.0, "cpu_reps": 5, **kw})
 
 
 @dataclass
@@ -200,22 +183,10 @@ def check_output(out: Any, ref: torch.Tensor, dtype: str) -> float:
         raise VerificationError(f"output shape {tuple(out.shape)} != reference {tuple(ref.shape)}")
     if out.dtype != DTYPES[dtype]:
         raise VerificationError(f"output dtype {out.dtype} != {DTYPES[dtype]}")
-    err = rel_error(out, ref)
-    tol = TOLERANCE[dtype]
+    err, tol = rel_error(out, ref), TOLERANCE[dtype]
     if not err <= tol:
         raise VerificationError(f"relative error {err:.3e} > tolerance {tol:.0e}")
     return err
-
-
-def _count_launches(fn: Callable[[torch.Tensor], Any], x: torch.Tensor) -> tuple[int | None, int | None]:
-    """``(GPU kernels, host launch API calls)`` in one forward, from torch.profiler (CUDA only)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    torch.cuda.synchronize(x.device)
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        fn(x)
-        torch.cuda.synchronize(x.device)
-    return count_launch_events(prof.events())
 
 
 def count_launch_events(events: Iterable[Any]) -> tuple[int, int]:
@@ -231,11 +202,16 @@ def count_launch_events(events: Iterable[Any]) -> tuple[int, int]:
     for ev in events:
         name = getattr(ev, "name", "") or ""
         if getattr(ev, "device_type", None) == DeviceType.CUDA:
-            if not name.startswith(("Memcpy", "Memset", "[memory]")):
-                kernels += 1
+            kernels += not name.startswith(("Memcpy", "Memset", "[memory]"))
         elif name in _LAUNCH_APIS:
             launches += 1
     return kernels, launches
+
+
+def _cached(cache: dict, key: Any, make: Callable[[], Any]) -> Any:
+    if key not in cache:
+        cache[key] = make()
+    return cache[key]
 
 
 class Bench:
@@ -244,55 +220,43 @@ class Bench:
     def __init__(self, options: Options | None = None) -> None:
         self.options = options or Options()
         self.device = self.options.device
-        self._references: dict[tuple[str, int | None], tuple[torch.nn.Module, str]] = {}
-        self._base_inputs: dict[tuple[str, int, int, int], list[torch.Tensor]] = {}
-        self._inputs: dict[tuple[tuple[str, int, int, int], str], list[torch.Tensor]] = {}
-        self._ref_out: dict[tuple[str, int | None, int, int, int], torch.Tensor] = {}
+        self._references: dict[tuple, tuple[torch.nn.Module, str]] = {}
+        self._base_inputs: dict[tuple, list[torch.Tensor]] = {}  # CPU fp32, per input_key
+        self._inputs: dict[tuple, list[torch.Tensor]] = {}  # on the device in the row's dtype
+        self._ref_out: dict[tuple, torch.Tensor] = {}
         self.release_error: str | None = None  # set when freeing memory after a row raised (CUDA fault)
         self.timer_calls = 0  # how many rows reached the timer (tests check WRONG rows never do)
 
     # ------------------------------------------------------------------ shared state
     def reference(self, case: Case) -> tuple[torch.nn.Module, str]:
         """The fp32 reference module for ``case`` on the device, and where its weights came from."""
-        key = (case.target, case.scale)
-        if key not in self._references:
-            target = TARGETS[case.target]
-            module = target.reference(case.scale, self.options.seed)
-            source = f"random(seed={self.options.seed})"
-            if case.target == "model":
-                path = resolve_weights_file(self.options.weights, case.scale or 4)
-                if path is not None:
-                    load_weights(module, path)
-                    source = path.name
-            self._references[key] = (module.to(self.device), source)
-        return self._references[key]
+
+        def make() -> tuple[torch.nn.Module, str]:
+            module, source = reference_weights(case.target, case.scale, self.options.seed, self.options.weights)
+            return module.to(self.device), source
+
+        return _cached(self._references, (case.target, case.scale), make)
+
+    def _base(self, case: Case) -> list[torch.Tensor]:
+        make, seed = TARGETS[case.target].make_input, self.options.seed + 1000
+        shape = (case.batch, case.height, case.width)
+        return _cached(
+            self._base_inputs, case.input_key, lambda: [make(*shape, seed + i) for i in range(self.options.n_buffers)]
+        )
 
     def inputs(self, case: Case) -> list[torch.Tensor]:
         """``n_buffers`` distinct inputs of ``case`` in its dtype on the device (buffer 0 is verified)."""
-        key = (case.input_key, case.dtype)
-        if key not in self._inputs:
-            if case.input_key not in self._base_inputs:
-                target = TARGETS[case.target]
-                self._base_inputs[case.input_key] = [
-                    target.make_input(case.batch, case.height, case.width, self.options.seed + 1000 + i)
-                    for i in range(self.options.n_buffers)
-                ]
-            self._inputs[key] = [x.to(self.device, DTYPES[case.dtype]) for x in self._base_inputs[case.input_key]]
-        return self._inputs[key]
+        to = (self.device, DTYPES[case.dtype])
+        return _cached(self._inputs, (case.input_key, case.dtype), lambda: [x.to(*to) for x in self._base(case)])
 
     def reference_output(self, case: Case) -> torch.Tensor:
         """fp32 eager output on input buffer 0 (TF32 off): what every variant is checked against."""
-        key = case.reference_key
-        if key not in self._ref_out:
-            module, _ = self.reference(case)
-            x = self._base_inputs_for(case)[0].to(self.device, torch.float32)
-            with fp32_strict(), torch.inference_mode():
-                self._ref_out[key] = module(x).detach()
-        return self._ref_out[key]
 
-    def _base_inputs_for(self, case: Case) -> list[torch.Tensor]:
-        self.inputs(case)
-        return self._base_inputs[case.input_key]
+        def make() -> torch.Tensor:
+            with fp32_strict(), torch.inference_mode():
+                return self.reference(case)[0](self._base(case)[0].to(self.device, torch.float32)).detach()
+
+        return _cached(self._ref_out, (*case.input_key, case.scale), make)
 
     # ------------------------------------------------------------------ one row
     def skip_reason(self, case: Case, variant: str) -> str | None:
@@ -311,35 +275,32 @@ class Bench:
         (row CRASHED); the row's fields are filled as far as they got.
         """
         row = row or Row.for_case(case, variant)
-        opts, device = self.options, self.device
+        opts, device, cuda = self.options, self.device, self.device.type == "cuda"
         row.tolerance = TOLERANCE[case.dtype]
         ref_module, row.weights = self.reference(case)
-        ref = self.reference_output(case)
-        xs = self.inputs(case)
-        ctx = BuildContext(TARGETS[case.target], ref_module, device, DTYPES[case.dtype], xs[0])
+        ref, xs = self.reference_output(case), self.inputs(case)
 
         timing.sync(device)
         t0 = time.perf_counter()
-        prepared = VARIANTS[variant].build(ctx)
+        prepared = VARIANTS[variant].build(
+            BuildContext(TARGETS[case.target], ref_module, device, DTYPES[case.dtype], xs[0])
+        )
         y = prepared.fn(xs[0])
         timing.sync(device)
         row.compile_s = time.perf_counter() - t0
         err_first = check_output(y, ref, case.dtype)
         del y
 
-        peak = None
-        if device.type == "cuda":
+        if cuda:
             torch.cuda.reset_peak_memory_stats(device)
             base = torch.cuda.memory_allocated(device)
         for i in range(opts.warmup):
             prepared.fn(xs[(i + 1) % len(xs)])
         timing.sync(device)
-        if device.type == "cuda":
-            peak = torch.cuda.max_memory_allocated(device) - base
-        if prepared.peak_bytes is not None:
-            peak = prepared.peak_bytes if peak is None else max(peak, prepared.peak_bytes)
-        if peak is not None:
-            row.peak_mem_mb = peak / 2**20
+        peaks = [torch.cuda.max_memory_allocated(device) - base] if cuda else []
+        peaks += [prepared.peak_bytes] if prepared.peak_bytes is not None else []
+        if peaks:
+            row.peak_mem_mb = max(peaks) / 2**20
 
         y = prepared.fn(xs[0])  # what gets timed is what was verified (graphs replay here)
         timing.sync(device)
@@ -387,25 +348,22 @@ class Bench:
         """
         if self.device.type != "cuda" or row.status != "OK":
             return
+        from torch.profiler import ProfilerActivity, profile
+
         prepared = None
         try:
             with fp32_strict(), torch.inference_mode():
                 prepared, _ = self.prepare(case, row.variant)
-                row.kernels_per_fwd, row.launch_calls_per_fwd = _count_launches(prepared.fn, self.inputs(case)[0])
+                torch.cuda.synchronize(self.device)
+                with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                    prepared.fn(self.inputs(case)[0])
+                    torch.cuda.synchronize(self.device)
+                row.kernels_per_fwd, row.launch_calls_per_fwd = count_launch_events(prof.events())
         except Exception:  # the profiler is a nice-to-have; never lose a row to it
             row.kernels_per_fwd = row.launch_calls_per_fwd = None
         finally:
             del prepared
             self._release()
-
-    def _fill_costs(self, case: Case, row: Row) -> None:
-        target = TARGETS[case.target]
-        row.macs = target.macs(case.height, case.width, case.scale, case.batch)
-        row.flops = 2 * row.macs
-        params = sum(p.numel() for p in self.reference(case)[0].parameters())
-        row.bytes = target_traffic(
-            case.target, case.height, case.width, case.scale, case.batch, case.dtype, params=params
-        ).bytes
 
     def run_one(self, case: Case, variant: str, timer: Timer | None = None) -> Row:
         """Skip, or build + verify + time one row. Never raises for a variant's own failure."""
@@ -413,7 +371,12 @@ class Bench:
         if reason is not None:
             return Row.for_case(case, variant, "SKIPPED", reason)
         row = Row.for_case(case, variant)
-        self._fill_costs(case, row)
+        target = TARGETS[case.target]
+        row.macs = target.macs(case.height, case.width, case.scale, case.batch)
+        row.flops = 2 * row.macs
+        params = sum(p.numel() for p in self.reference(case)[0].parameters())
+        shape = (case.height, case.width, case.scale, case.batch, case.dtype)
+        row.bytes = target_traffic(case.target, *shape, params=params).bytes
         prepared = None
         try:
             with fp32_strict(), torch.inference_mode():
@@ -427,7 +390,7 @@ class Bench:
             del prepared
             self._release()
         if row.status != "OK":
-            for name in ("median_ms", "p20_ms", "p80_ms", "images_per_s", "out_mpix_per_s"):
+            for name in _TIMED:
                 setattr(row, name, None)
         return row
 
@@ -465,9 +428,9 @@ class Bench:
         if self.device.type == "cuda" and self.options.profile:  # kernel counts last: never perturbs a timing
             for i in order:
                 row = rows[i]
-                if row.status != "OK":
-                    continue
-                if deadline is not None and deadline - time.monotonic() < VARIANTS[row.variant].est_build_s:
+                if row.status != "OK" or (
+                    deadline is not None and deadline - time.monotonic() < VARIANTS[row.variant].est_build_s
+                ):
                     continue
                 self.profile_row(jobs[i][0], row)
                 if on_row is not None:

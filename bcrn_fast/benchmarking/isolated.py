@@ -5,8 +5,8 @@ CUDA context unusable for the rest of its process, and a kernel that hangs
 stops everything after it. So the parent here never touches the GPU for a
 row: it decides the order (:data:`~bcrn_fast.benchmarking.variants.ISOLATED_ORDER`:
 baselines first, fused rows next, slow compile modes last), starts
-``python -m bcrn_fast.benchmarking.isolated SPEC.json`` per row under a
-timeout and records what came back:
+``python -m bcrn_fast.benchmarking.isolated SPEC.json RESULT.json`` per row
+under a timeout and records what came back:
 
 - the child's own row (OK, WRONG, CRASHED when it raised, SKIPPED);
 - TIMEOUT when the child ran past its limit (the whole process group is killed);
@@ -31,7 +31,6 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -52,30 +51,9 @@ def isolated_order(jobs: Sequence[tuple[Case, str]]) -> list[int]:
 
 def row_timeout(variant: str, options: Options, cap_s: float | None = None) -> float:
     """Seconds a row's process may take: start-up + twice the variant's build estimate + the timing budget."""
-    v = VARIANTS.get(variant)
-    est = v.est_build_s if v is not None else 30.0
-    limit = _STARTUP_S + 2 * est + 4 * options.max_row_s + 10
-    if options.device.type == "cpu":
-        limit *= _CPU_SLOWDOWN
+    est = VARIANTS[variant].est_build_s if variant in VARIANTS else 30.0
+    limit = (_STARTUP_S + 2 * est + 4 * options.max_row_s + 10) * (_CPU_SLOWDOWN if options.device.type == "cpu" else 1)
     return limit if cap_s is None else min(limit, cap_s)
-
-
-def _options_to_json(options: Options) -> dict[str, Any]:
-    d = dataclasses.asdict(options)
-    d["device"] = str(options.device)
-    d["budget_s"] = None  # the parent owns the budget
-    return d
-
-
-def _options_from_json(d: dict[str, Any]) -> Options:
-    d = dict(d)
-    d["device"] = torch.device(d["device"])
-    return Options(**d)
-
-
-def _last_line(text: str) -> str:
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    return lines[-1][:300] if lines else "(no output)"
 
 
 def _child_command(spec: Path, result: Path) -> list[str]:
@@ -83,44 +61,43 @@ def _child_command(spec: Path, result: Path) -> list[str]:
 
 
 def _run_child(case: Case, variant: str, options: Options, timeout_s: float, workdir: Path) -> Row:
-    spec = workdir / "spec.json"
-    result = workdir / "row.json"
+    spec, result = workdir / "spec.json", workdir / "row.json"
     result.unlink(missing_ok=True)
-    spec.write_text(
-        json.dumps({"case": dataclasses.asdict(case), "variant": variant, "options": _options_to_json(options)})
-    )
-    cmd = _child_command(spec, result)
+    opts = dict(dataclasses.asdict(options), device=str(options.device), budget_s=None)  # the parent owns the budget
+    spec.write_text(json.dumps({"case": dataclasses.asdict(case), "variant": variant, "options": opts}))
     t0 = time.monotonic()
     # own process group, so a timeout also ends the compile workers a child started
+    cmd = _child_command(spec, result)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    out, timed_out = "", False
     try:
         out, _ = proc.communicate(timeout=timeout_s)
-        timed_out = False
     except subprocess.TimeoutExpired:
         timed_out = True
         for sig in (signal.SIGTERM, signal.SIGKILL):
             try:
                 os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
                 out, _ = proc.communicate(timeout=5)
                 break
+            except ProcessLookupError:
+                break
             except subprocess.TimeoutExpired:
-                out = ""
+                pass
     elapsed = time.monotonic() - t0
-    if out:
-        sys.stderr.write("".join(f"    | {ln}\n" for ln in out.splitlines()[-40:]))
+    lines = (out or "").splitlines()
+    if lines:
+        sys.stderr.write("".join(f"    | {ln}\n" for ln in lines[-40:]))
         sys.stderr.flush()
-    if not timed_out and result.exists():
-        data = json.loads(result.read_text())
-        return Row(**data)
     if timed_out:
         return Row.for_case(case, variant, "TIMEOUT", f"its process ran past {timeout_s:.0f} s and was killed")
+    if result.exists():
+        return Row(**json.loads(result.read_text()))
     rc = proc.returncode
     how = f"signal {signal.Signals(-rc).name}" if rc is not None and rc < 0 else f"exit code {rc}"
-    why = f"its process died ({how}) after {elapsed:.0f} s without a result: {_last_line(out or '')}"
-    return Row.for_case(case, variant, "CRASHED", why)
+    last = next((ln.strip()[:300] for ln in reversed(lines) if ln.strip()), "(no output)")
+    return Row.for_case(
+        case, variant, "CRASHED", f"its process died ({how}) after {elapsed:.0f} s without a result: {last}"
+    )
 
 
 def run_isolated(
@@ -153,7 +130,7 @@ def run_isolated(
 def _child(spec_path: str, result_path: str) -> int:
     spec = json.loads(Path(spec_path).read_text())
     case = Case(**spec["case"])
-    options = _options_from_json(spec["options"])
+    options = Options(**dict(spec["options"], device=torch.device(spec["options"]["device"])))
     bench = Bench(options)
     row = bench.run_one(case, spec["variant"])
     if row.status == "OK" and options.device.type == "cuda" and options.profile:

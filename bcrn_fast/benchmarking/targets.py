@@ -17,9 +17,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from bcrn_fast.benchmarking.costs import model_macs, module_macs
+from bcrn_fast.checkpoint import state_dict_from_file
 from bcrn_fast.model import BCRN, ESA, NUM_FEATURES, BluePrintShortcutBlock, CCALayer, ConvNeXtBlock, bsconv3
 
-__all__ = ["MODULE_TARGETS", "TARGETS", "Target", "load_weights", "resolve_weights_file"]
+__all__ = ["MODULE_TARGETS", "TARGETS", "Target", "reference_weights", "resolve_weights_file"]
 
 
 @dataclass(frozen=True)
@@ -28,16 +29,21 @@ class Target:
 
     name: str
     fused_class: str  # attribute of bcrn_fast.fused
-    in_channels: int
     factory: Callable[[int], nn.Module]  # scale -> fresh reference module (random init)
-    uses_scale: bool
     description: str
+
+    @property
+    def uses_scale(self) -> bool:
+        return self.name == "model"
+
+    @property
+    def in_channels(self) -> int:
+        return 3 if self.name == "model" else NUM_FEATURES
 
     def reference(self, scale: int | None, seed: int) -> nn.Module:
         """A fresh fp32 reference module in eval mode with seeded random weights."""
         torch.manual_seed(seed)
-        module = self.factory(scale or 4)
-        return module.eval().requires_grad_(False)
+        return self.factory(scale or 4).eval().requires_grad_(False)
 
     def make_input(self, batch: int, height: int, width: int, seed: int) -> torch.Tensor:
         """A CPU fp32 input: an image-like RGB batch in [0, 1] for the model, N(0, 1) features for a module.
@@ -49,12 +55,11 @@ class Target:
         input or on Set5), so correct fp32 variants would fail verification.
         """
         gen = torch.Generator().manual_seed(seed)
-        if self.name == "model":
-            coarse = torch.rand((batch, 3, max(2, height // 8), max(2, width // 8)), generator=gen)
-            image = F.interpolate(coarse, size=(height, width), mode="bicubic", align_corners=False)
-            image = image + 0.03 * torch.randn((batch, 3, height, width), generator=gen)
-            return image.clamp_(0.0, 1.0)
-        return torch.randn((batch, self.in_channels, height, width), generator=gen)
+        if self.name != "model":
+            return torch.randn((batch, self.in_channels, height, width), generator=gen)
+        coarse = torch.rand((batch, 3, max(2, height // 8), max(2, width // 8)), generator=gen)
+        image = F.interpolate(coarse, size=(height, width), mode="bicubic", align_corners=False)
+        return (image + 0.03 * torch.randn((batch, 3, height, width), generator=gen)).clamp_(0.0, 1.0)
 
     def output_pixels(self, height: int, width: int, scale: int | None) -> int:
         """Output pixels per image (HR pixels for the model)."""
@@ -67,43 +72,26 @@ class Target:
         return module_macs(self.name, height, width, batch)
 
 
+C = NUM_FEATURES
 TARGETS: dict[str, Target] = {
     t.name: t
     for t in (
-        Target("model", "BCRNFused", 3, lambda s: BCRN(s), True, "the whole BCRN network"),
-        Target(
-            "bsconv",
-            "FusedBSConv",
-            NUM_FEATURES,
-            lambda s: bsconv3(NUM_FEATURES, NUM_FEATURES),
-            False,
-            "BSConv(64, 64, 3): pointwise + depthwise 3x3",
-        ),
+        Target("model", "BCRNFused", BCRN, "the whole BCRN network"),
+        Target("bsconv", "FusedBSConv", lambda s: bsconv3(C, C), "BSConv(64, 64, 3): pointwise + depthwise 3x3"),
         Target(
             "convnext",
             "FusedConvNeXtBlock",
-            NUM_FEATURES,
-            lambda s: ConvNeXtBlock(NUM_FEATURES),
-            False,
+            lambda s: ConvNeXtBlock(C),
             "convNextBlock: dw3x3 -> 1x1 64->256 -> GELU -> 1x1 256->64 -> + x",
         ),
         Target(
             "cca",
             "FusedCCA",
-            NUM_FEATURES,
-            lambda s: CCALayer(NUM_FEATURES),
-            False,
+            lambda s: CCALayer(C),
             "contrast-aware channel attention (mean + std pooling, squeeze MLP, scale)",
         ),
-        Target("esa", "FusedESA", NUM_FEATURES, lambda s: ESA(NUM_FEATURES), False, "enhanced spatial attention"),
-        Target(
-            "bcb",
-            "FusedBCB",
-            NUM_FEATURES,
-            lambda s: BluePrintShortcutBlock(NUM_FEATURES),
-            False,
-            "one BCB: cca(esa(convNextBlock(conv(x))))",
-        ),
+        Target("esa", "FusedESA", lambda s: ESA(C), "enhanced spatial attention"),
+        Target("bcb", "FusedBCB", lambda s: BluePrintShortcutBlock(C), "one BCB: cca(esa(convNextBlock(conv(x))))"),
     )
 }
 MODULE_TARGETS = tuple(name for name in TARGETS if name != "model")
@@ -117,20 +105,16 @@ def resolve_weights_file(weights: str | os.PathLike[str] | None, scale: int) -> 
     path = Path(weights)
     if path.is_file():
         return path
-    for folder in (path, path / "bcrn_official"):
-        candidate = folder / f"best_epoch_x{scale}.pth"
-        if candidate.is_file():
-            return candidate
-    return None
+    candidates = (folder / f"best_epoch_x{scale}.pth" for folder in (path, path / "bcrn_official"))
+    return next((c for c in candidates if c.is_file()), None)
 
 
-def load_weights(model: nn.Module, path: Path) -> None:
-    """Load a BCRN checkpoint into ``model`` (strict), via bcrn_fast.checkpoint when available."""
-    try:
-        from bcrn_fast.checkpoint import state_dict_from_file
-
-        state = state_dict_from_file(path)
-    except ImportError:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        state = {k.removeprefix("module."): v for k, v in state.items()}
-    model.load_state_dict(state, strict=True)
+def reference_weights(target: str, scale: int | None, seed: int, weights: str | None) -> tuple[nn.Module, str]:
+    """The fp32 reference module of ``target`` and where its weights came from: seeded random, or for the
+    model the checkpoint :func:`resolve_weights_file` finds under ``weights`` (loaded strictly)."""
+    module = TARGETS[target].reference(scale, seed)
+    path = resolve_weights_file(weights, scale or 4) if target == "model" else None
+    if path is None:
+        return module, f"random(seed={seed})"
+    module.load_state_dict(state_dict_from_file(path), strict=True)
+    return module, path.name

@@ -18,8 +18,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["TimingResult", "plan", "quantile", "summarize", "sync", "time_cpu", "time_cuda", "wall_ms"]
-
 Fn = Callable[[torch.Tensor], object]
 
 
@@ -39,20 +37,16 @@ class TimingResult:
     """Per-call milliseconds: median, p20, p80 over ``samples`` (each the mean of ``inner`` calls)."""
 
     samples_ms: list[float]
-    inner: int
-    method: str
+    inner: int = 1
+    method: str = "given"
     median_ms: float = field(init=False)
     p20_ms: float = field(init=False)
     p80_ms: float = field(init=False)
 
     def __post_init__(self) -> None:
+        self.samples_ms = list(self.samples_ms)
         self.median_ms = statistics.median(self.samples_ms)
-        self.p20_ms = quantile(self.samples_ms, 0.2)
-        self.p80_ms = quantile(self.samples_ms, 0.8)
-
-
-def summarize(samples_ms: Sequence[float], inner: int = 1, method: str = "given") -> TimingResult:
-    return TimingResult(list(samples_ms), inner, method)
+        self.p20_ms, self.p80_ms = quantile(self.samples_ms, 0.2), quantile(self.samples_ms, 0.8)
 
 
 def sync(device: torch.device) -> None:

@@ -10,7 +10,6 @@ the weights another one sees (fused modules share parameters with the module the
 from __future__ import annotations
 
 import copy
-import importlib
 import shutil
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,23 +18,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from bcrn_fast import fused
 from bcrn_fast.benchmarking.targets import Target
+from bcrn_fast.ops import backends
 
-__all__ = [
-    "ALL_VARIANTS",
-    "COMPILE_VARIANTS",
-    "DEFAULT_VARIANTS",
-    "ISOLATED_ORDER",
-    "QUICK_VARIANTS",
-    "VARIANTS",
-    "BuildContext",
-    "Prepared",
-    "Variant",
-    "expand_names",
-    "fused_backend_unavailable",
-    "fused_backends",
-    "resolve_variants",
-]
+__all__ = ["ALL_VARIANTS", "COMPILE_VARIANTS", "ISOLATED_ORDER", "VARIANTS", "BuildContext", "Prepared", "Variant"]
 
 
 @dataclass
@@ -85,75 +72,33 @@ class Variant:
         if self.torch_compile:
             return _compile_unavailable(device)
         if self.fused_backend is not None:
-            why = fused_backend_unavailable(self.fused_backend, device)
-            if why is None and not hasattr(_fused_module(), target.fused_class):
-                why = f"bcrn_fast.fused has no {target.fused_class}"
-            return why
+            return fused_backend_unavailable(self.fused_backend, device)
         if self.name == "onnxruntime":
-            return _onnxruntime_unavailable(target)
+            if target.name != "model":
+                return "onnxruntime rows are for the whole model only"
+            try:
+                import onnxruntime  # noqa: F401
+            except ImportError as exc:
+                return f"onnxruntime is not installed ({exc})"
         return None
 
 
-# ----------------------------------------------------------------------------- availability
 def _compile_unavailable(device: torch.device) -> str | None:
     if not hasattr(torch, "compile"):
         return "torch.compile is not available in this torch"
-    if device.type == "cpu" and not (shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")):
+    if device.type == "cpu" and not any(shutil.which(cc) for cc in ("c++", "g++", "clang++")):
         return "Inductor's CPU backend needs a C++ compiler and none is on PATH"
-    if device.type == "cuda":
-        try:
-            import triton  # noqa: F401
-        except ImportError:
-            return "Inductor on CUDA needs triton"
+    if device.type == "cuda" and not backends.triton_available():
+        return "Inductor on CUDA needs triton"
     return None
-
-
-def _fused_module() -> Any:
-    return importlib.import_module("bcrn_fast.fused")
 
 
 def fused_backend_unavailable(backend: str, device: torch.device) -> str | None:
-    """Why the fused ``backend`` cannot run on ``device`` (None when it can).
-
-    The one real check: :func:`bcrn_fast.ops.backends.resolve_backend`, the function every fused module
-    calls, whose ``BackendUnavailable`` message says why (e.g. the CUDA extension's import error).
-    """
-    try:
-        _fused_module()
-        from bcrn_fast.ops import backends
-    except Exception as exc:  # ImportError, or an op module that fails at import
-        return f"bcrn_fast.fused is not importable: {type(exc).__name__}: {exc}"
+    """Why the fused ``backend`` cannot run on ``device`` (None when it can): the check every fused module
+    makes (:func:`bcrn_fast.ops.backends.unavailable`, e.g. the CUDA extension's import error)."""
     if backend == "triton" and device.type != "cuda":
         return "Triton kernels need a CUDA device (the interpreter is for tests, not timing)"
-    try:
-        backends.resolve_backend(backend, device)
-    except (backends.BackendUnavailable, ValueError) as exc:
-        return str(exc)
-    return None
-
-
-def fused_backends(device: torch.device) -> tuple[list[str] | None, str | None]:
-    """``(backends, why_not)``: the fused backends usable on ``device`` (by :func:`fused_backend_unavailable`),
-    or ``(None, import error)`` when ``bcrn_fast.fused`` cannot be imported."""
-    try:
-        _fused_module()
-    except Exception as exc:
-        return None, f"bcrn_fast.fused is not importable: {type(exc).__name__}: {exc}"
-    return [b for b in ("torch", "triton", "cuda") if fused_backend_unavailable(b, device) is None], None
-
-
-def _onnxruntime_unavailable(target: Target) -> str | None:
-    if target.name != "model":
-        return "onnxruntime rows are for the whole model only"
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError as exc:
-        return f"onnxruntime is not installed ({exc})"
-    try:
-        from bcrn_fast.export import build_ort_session  # noqa: F401
-    except ImportError as exc:
-        return f"bcrn_fast.export.build_ort_session is not available ({exc})"
-    return None
+    return backends.unavailable(backend, device)
 
 
 # ----------------------------------------------------------------------------- builders
@@ -173,10 +118,7 @@ def _compiled(mode: str | None = None, backend: str = "inductor", mark_steps: bo
 
         torch._dynamo.reset()  # fresh caches: no recompile limit, no stale graphs of other rows
         module = ctx.fresh_reference()
-        kwargs: dict[str, Any] = {"backend": backend, "dynamic": False}
-        if mode is not None:
-            kwargs["mode"] = mode
-        compiled = torch.compile(module, **kwargs)
+        compiled = torch.compile(module, backend=backend, dynamic=False, **({"mode": mode} if mode else {}))
         if not mark_steps:
             return Prepared(compiled, keep=[module])
         mark = torch.compiler.cudagraph_mark_step_begin
@@ -192,8 +134,7 @@ def _compiled(mode: str | None = None, backend: str = "inductor", mark_steps: bo
 
 def _fused(backend: str) -> Callable:
     def build(ctx: BuildContext) -> Prepared:
-        cls = getattr(_fused_module(), ctx.target.fused_class)
-        module = cls.from_reference(ctx.fresh_reference(), backend=backend)
+        module = getattr(fused, ctx.target.fused_class).from_reference(ctx.fresh_reference(), backend=backend)
         return Prepared(module.eval(), keep=[module])
 
     return build
@@ -288,12 +229,8 @@ def expand_names(spec: str, known: Iterable[str], groups: Mapping[str, Sequence[
 
 def resolve_variants(spec: str | None, device_type: str, quick: bool = False) -> list[str]:
     """Variant names from ``spec`` (comma list, ``all``, ``default``, ``quick``; None = per device default)."""
-    groups = {
-        "all": ALL_VARIANTS,
-        "default": DEFAULT_VARIANTS[device_type],
-        "quick": QUICK_VARIANTS[device_type],
-        "compile": COMPILE_VARIANTS,
-    }
+    groups = {"all": ALL_VARIANTS, "compile": COMPILE_VARIANTS}
+    groups.update(default=DEFAULT_VARIANTS[device_type], quick=QUICK_VARIANTS[device_type])
     unknown = "unknown variant {item}; choose from " + ", ".join(ALL_VARIANTS) + " (or all/default/quick)"
     names = expand_names(spec or ("quick" if quick else "default"), VARIANTS, groups, unknown)
     return names if "eager" in names else ["eager", *names]  # the baseline every speedup is relative to
