@@ -10,6 +10,12 @@ Subcommands:
   protocol (defaults to the shared Set5 data when it is found);
 - ``bench``: time the model (see :mod:`bcrn_fast.bench`).
 
+Defaults (``upscale``): ``--dtype auto`` is fp16 storage with fp32 accumulation on CUDA and fp32
+on the CPU; in fp16/bf16 an image or video frame whose output is not finite is re-run in fp32
+(one note on stderr naming it; the fp32 result is written; if that is not finite either the item
+fails like an unreadable file). CUDA fused runs replay CUDA graphs (``--no-cuda-graph`` turns that
+off). The device-dependent choices are :func:`resolve_dtype` and :func:`wants_graph`.
+
 Every user error (missing or unreadable file, wrong checkpoint, bad flag
 combination) prints one line ``bcrn-fast: error: ...`` to stderr and exits with
 status 2, without a traceback. With ``upscale --keep-going`` a bad file is
@@ -36,10 +42,13 @@ from bcrn_fast.model import MIN_SIZE, SCALES
 from bcrn_fast.ops.backends import BackendUnavailable
 from bcrn_fast.validation import InputError
 
-__all__ = ["CLIError", "build_parser", "main"]
+__all__ = ["CLIError", "build_parser", "main", "resolve_dtype", "wants_graph"]
 
 PROG = "bcrn-fast"
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+DTYPE_CHOICES = ("auto", *DTYPES)
+PRECISIONS = ("ieee", "tf32")
+GRAPH_BACKENDS = ("triton", "cuda")  # the fused backends whose forward is capturable
 BACKENDS = ("auto", "triton", "cuda", "torch", "reference")
 EXIT_USAGE = 2
 EXIT_FAILED = 1  # --keep-going: some files failed
@@ -91,6 +100,48 @@ def _choose_backend(args: argparse.Namespace) -> tuple[bool, str]:
     return True, backend
 
 
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """``--dtype`` as a torch dtype: ``auto`` is fp16 on CUDA (fp16 storage, fp32 accumulation; outputs
+    checked and re-run in fp32 when not finite) and fp32 elsewhere; fp32/fp16/bf16 are taken as given."""
+    if name == "auto":
+        return torch.float16 if torch.device(device).type == "cuda" else torch.float32
+    if name not in DTYPES:
+        raise CLIError(f"--dtype expects one of {', '.join(DTYPE_CHOICES)}, got {name!r}")
+    return DTYPES[name]
+
+
+def wants_graph(
+    requested: bool | None,
+    device: torch.device,
+    backend: str,
+    *,
+    tile: int | str | None,
+    compile: bool,  # noqa: A002
+) -> tuple[bool, str | None]:
+    """``(use, note)``: whether ``upscale`` replays the model from CUDA graphs (:func:`bcrn_fast.graphed`).
+
+    ``requested`` is ``--cuda-graph`` (True), ``--no-cuda-graph`` (False) or neither (None);
+    ``backend`` is the resolved fused backend, or ``"reference"``. Graphs are used on a CUDA device
+    with the fused triton/cuda backend, without ``--tile`` (tiles of varying sizes run the eager
+    layers) and without ``--compile``: by default, or when asked for. ``note`` is one line when
+    ``--cuda-graph`` was asked for but cannot apply (``None`` otherwise: the default stays quiet).
+    """
+    if requested is False:
+        return False, None
+    why = None
+    if torch.device(device).type != "cuda":
+        why = f"CUDA graphs need --device cuda (this run is on {torch.device(device).type})"
+    elif backend not in GRAPH_BACKENDS:
+        why = f"CUDA graphs are used with the fused triton/cuda backends, not {backend}"
+    elif tile is not None:
+        why = "--tile runs tile by tile, with shapes that vary"
+    elif compile:
+        why = "--compile and CUDA graphs are not combined (use one of them)"
+    if why is not None:
+        return False, (f"--cuda-graph ignored: {why}" if requested else None)
+    return True, None
+
+
 def _device(name: str) -> torch.device:
     try:
         device = torch.device(name)
@@ -101,9 +152,21 @@ def _device(name: str) -> torch.device:
     return device
 
 
-def _load_model(args: argparse.Namespace) -> tuple[nn.Module, int, torch.device, torch.dtype]:
+def _apply_precision(model: nn.Module, precision: str, device: torch.device) -> None:
+    """``--precision``: the fp32 dot mode of the fused kernels, and of cuDNN/cuBLAS for the reference on CUDA."""
+    if hasattr(model, "set_backend"):  # BCRNFused
+        model.set_backend(model.backend, precision)
+    elif device.type == "cuda":  # process-wide, as the CLI owns the process
+        torch.backends.cudnn.allow_tf32 = precision == "tf32"
+        torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+
+
+def _load_model(
+    args: argparse.Namespace, dtype: torch.dtype | None = None
+) -> tuple[nn.Module, int, torch.device, torch.dtype]:
+    """``(model, scale, device, dtype)`` from the model flags; ``dtype`` overrides ``--dtype``."""
     device = _device(args.device)
-    dtype = DTYPES[args.dtype]
+    dtype = dtype or resolve_dtype(args.dtype, device)
     fused, backend = _choose_backend(args)
     if fused:
         try:
@@ -117,14 +180,40 @@ def _load_model(args: argparse.Namespace) -> tuple[nn.Module, int, torch.device,
     scale = getattr(model, "scale", None) or infer_scale(model.state_dict())
     if scale is None:
         raise CLIError(f"cannot determine the scale of the model loaded from {args.weights}")
+    _apply_precision(model, args.precision, device)
     return model, int(scale), device, dtype
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
+def _model_backend(model: nn.Module, device: torch.device) -> str:
+    """The concrete fused backend ``model`` runs on ``device``, or ``"reference"`` for the plain BCRN."""
+    backend = getattr(model, "backend", None)
+    if backend is None:
+        return "reference"
+    from bcrn_fast.ops.backends import resolve_backend
+
+    return resolve_backend(backend, device)
+
+
+_DTYPE_HELP = {
+    "auto": "storage precision: auto (default) is fp16 on CUDA (fp16 storage, fp32 accumulation; an image "
+    "or video frame whose fp16/bf16 output is not finite is re-run in fp32, with a note) and fp32 on the CPU "
+    "(and with --engine ray); fp32 is the accuracy mode",
+    "fp32": "storage precision (default fp32, the accuracy mode; auto is fp16 on CUDA, fp32 elsewhere)",
+}
+
+
+def _add_model_args(p: argparse.ArgumentParser, dtype: str = "auto") -> None:
     p.add_argument("--weights", "-w", required=True, help="checkpoint (.pth, .pt or .safetensors)")
     p.add_argument("--scale", "-s", type=int, choices=SCALES, help="expected scale (default: from the weights)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    p.add_argument("--dtype", choices=tuple(DTYPES), default="fp32", help="compute precision (default fp32)")
+    p.add_argument("--dtype", choices=DTYPE_CHOICES, default=dtype, help=_DTYPE_HELP[dtype])
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="ieee",
+        help="fp32 dot mode on CUDA: ieee (default, the accuracy mode: IEEE fp32 products) or tf32 "
+        "(the fast fp32 mode: TF32 tensor cores, 10-bit mantissa products); fp16/bf16 ignore it",
+    )
     p.add_argument(
         "--backend",
         choices=BACKENDS,
@@ -154,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--hr", help="ground-truth folder (default: Set5/HR of the data dir)")
     ev.add_argument("--lr", help="low-resolution folder (default: Set5/LR_bicubic/X<scale> of the data dir)")
     ev.add_argument("--data-dir", help="reference data folder (default: $BCRN_DATA_DIR or ../shared/data)")
-    _add_model_args(ev)
+    _add_model_args(ev, dtype="fp32")  # eval measures accuracy: fp32 unless asked
 
     be = sub.add_parser("bench", help="time the model", description="Time BCRN forward passes.")
     bench.add_arguments(be)
@@ -220,6 +309,15 @@ def _add_upscale_args(up: argparse.ArgumentParser) -> None:
     perf.add_argument("--queue", type=_positive_int, default=8, help="items buffered per stage (default 8)")
     perf.add_argument("--read-workers", type=_positive_int, default=2, help="image-reading threads (default 2)")
     perf.add_argument("--compile", action="store_true", help="torch.compile the model (pays off on long jobs)")
+    perf.add_argument(
+        "--cuda-graph",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="replay the model from CUDA graphs (bcrn_fast.graphed). Default: on with --device cuda and the "
+        "fused triton/cuda backend, without --tile or --compile; each batch shape is captured on its second "
+        "batch (one-off sizes run eagerly), two shapes kept. --cuda-graph elsewhere (CPU, reference/torch "
+        "backend, --tile, --compile, --engine ray) is ignored with a note",
+    )
     perf.add_argument("--tile", type=_tile_arg, help="exact tiled inference with N-pixel tiles, or 'auto'")
     perf.add_argument("--max-memory", type=_gib_arg, metavar="GiB", help="device memory budget for --tile auto")
     vid = up.add_argument_group("video")
@@ -350,7 +448,13 @@ def _upscale_images(jobs: list[Job], runner, args: argparse.Namespace, failures:
 
     try:
         run_pipeline(
-            ordered_map(read, jobs, workers=args.read_workers), runner, write, batch=args.batch, queue_size=args.queue
+            ordered_map(read, jobs, workers=args.read_workers),
+            runner,
+            write,
+            batch=args.batch,
+            queue_size=args.queue,
+            label=lambda job: str(job.src),
+            note=_note,
         )
     finally:
         bar.close()
@@ -413,13 +517,28 @@ def _tile_progress(args: argparse.Namespace):  # noqa: ANN202
     return make
 
 
+def _fp32_fallback(args: argparse.Namespace, device: torch.device):  # noqa: ANN202
+    """The fp32 model for re-running non-finite half outputs: loaded from the checkpoint (the half
+    model's weights are rounded) with the same backend and precision, eager (no graph, no compile)."""
+    from bcrn_fast.pipeline import prepare_model
+
+    def build() -> nn.Module:
+        return prepare_model(_load_model(args, torch.float32)[0], device)
+
+    return build
+
+
 def _cmd_upscale(args: argparse.Namespace) -> int:
-    from bcrn_fast.pipeline import Runner, prepare_model
+    from bcrn_fast.pipeline import HALF, Runner, prepare_model
 
     outdir = Path(args.outdir)
     _check_tiling(args)
     if args.engine == "ray":  # the workers load the model; here only its scale (and a valid checkpoint)
         scale = _checkpoint_scale(args)
+        if args.dtype == "auto":  # the Ray workers have no fp32 re-run of non-finite half outputs
+            args.dtype = "fp32"
+        if args.cuda_graph:
+            _note("--cuda-graph ignored: the Ray workers run the model without graphs")
     else:
         model, scale, device, dtype = _load_model(args)
     suffix = args.container
@@ -445,9 +564,20 @@ def _cmd_upscale(args: argparse.Namespace) -> int:
         return code or (EXIT_FAILED if failures else 0)
     if args.batch is None:
         args.batch = 4 if device.type == "cuda" else 1
-    model = prepare_model(model, device, compile=args.compile)
+    use_graph, why = wants_graph(
+        args.cuda_graph, device, _model_backend(model, device), tile=args.tile, compile=args.compile
+    )
+    if why:
+        _note(why)
+    model = prepare_model(model, device, compile=args.compile, cuda_graph=use_graph)
     runner = Runner(
-        model, device, dtype, tile=args.tile, max_memory=args.max_memory, tile_progress=_tile_progress(args)
+        model,
+        device,
+        dtype,
+        tile=args.tile,
+        max_memory=args.max_memory,
+        tile_progress=_tile_progress(args),
+        fallback=_fp32_fallback(args, device) if dtype in HALF else None,
     )
     images = [j for j in jobs if j.kind == "image"]
     videos = [j for j in jobs if j.kind == "video"]

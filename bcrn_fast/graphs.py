@@ -10,6 +10,10 @@ triton or cuda backend, the reference BCRN, fused submodules):
 
 - one captured graph per (shape, strides, dtype, device) — a bounded LRU cache
   (``max_graphs``, default 4); the oldest graph and its memory pool go first;
+- ``capture_after=k`` runs a signature eagerly on its first ``k - 1`` calls and
+  captures on the ``k``-th, so one-off shapes (a folder of photos of different
+  sizes, the short last batch of a video) never pay for a capture (warm-up
+  forwards + recording); the default 1 captures on the first call;
 - each call copies ``x`` into the graph's static input, replays, and returns a
   *copy* of the static output (``clone=False`` returns the static buffer itself,
   which the next replay overwrites) — so in-place changes to the caller's input
@@ -73,13 +77,20 @@ class _CudaCapturer:
 class GraphedModule(nn.Module):
     """``model`` replayed from CUDA graphs; see :func:`graphed`."""
 
-    def __init__(self, model: nn.Module, max_graphs: int = 4, clone: bool = True, capturer: Any = None) -> None:
+    def __init__(
+        self, model: nn.Module, max_graphs: int = 4, clone: bool = True, capturer: Any = None, capture_after: int = 1
+    ) -> None:
         super().__init__()
         if not isinstance(max_graphs, int) or max_graphs < 1:
             raise InputError(f"max_graphs must be a positive int, got {max_graphs!r}")
+        if not isinstance(capture_after, int) or capture_after < 1:
+            raise InputError(f"capture_after must be a positive int, got {capture_after!r}")
         self.model = model
         self.max_graphs = max_graphs
         self.clone = clone
+        self.capture_after = capture_after
+        # key -> eager calls so far, for signatures not captured yet (bounded like the graphs)
+        self._seen: OrderedDict[Key, int] = OrderedDict()
         self._capturer = capturer if capturer is not None else _CudaCapturer()
         # key -> (graph, static_in, static_out)
         self._graphs: OrderedDict[Key, tuple[Any, torch.Tensor, torch.Tensor]] = OrderedDict()
@@ -93,6 +104,7 @@ class GraphedModule(nn.Module):
     def reset(self) -> None:
         """Drop every captured graph (and its memory); the next call captures again."""
         self._graphs.clear()
+        self._seen.clear()
         self._weights_key = None
 
     def _current_weights_key(self) -> tuple[int, ...]:
@@ -118,6 +130,12 @@ class GraphedModule(nn.Module):
         with torch.inference_mode():
             entry = self._graphs.get(key)
             if entry is None:
+                calls = self._seen.pop(key, 0) + 1
+                if calls < self.capture_after:  # not (yet) worth a capture: run eagerly
+                    self._seen[key] = calls
+                    while len(self._seen) > 8 * self.max_graphs:
+                        self._seen.popitem(last=False)
+                    return self.model(x)
                 static_in = torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=x.device)
                 static_in.copy_(x)
                 graph, static_out = self._capturer.capture(self.model, static_in)
@@ -134,15 +152,19 @@ class GraphedModule(nn.Module):
             return static_out.clone() if self.clone else static_out
 
     def extra_repr(self) -> str:
-        return f"max_graphs={self.max_graphs}, clone={self.clone}, cached={len(self._graphs)}"
+        return (
+            f"max_graphs={self.max_graphs}, clone={self.clone}, capture_after={self.capture_after}, "
+            f"cached={len(self._graphs)}"
+        )
 
 
-def graphed(model: nn.Module, max_graphs: int = 4, clone: bool = True) -> GraphedModule:
+def graphed(model: nn.Module, max_graphs: int = 4, clone: bool = True, capture_after: int = 1) -> GraphedModule:
     """Wrap ``model`` so each call replays a CUDA graph captured once per input signature.
 
     ``model`` must be on a CUDA device and capturable (BCRNFused with the triton or
     cuda backend, or the reference BCRN). ``max_graphs`` bounds the cache of
     captured (shape, strides, dtype) signatures; ``clone=False`` returns the graph's
-    static output buffer (valid until the next call) to save a copy.
+    static output buffer (valid until the next call) to save a copy. ``capture_after``
+    runs each signature eagerly until its ``capture_after``-th call, which captures.
     """
-    return GraphedModule(model, max_graphs=max_graphs, clone=clone)
+    return GraphedModule(model, max_graphs=max_graphs, clone=clone, capture_after=capture_after)

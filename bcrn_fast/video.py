@@ -153,7 +153,8 @@ def default_pix_fmt(codec: str) -> str:
 def _frame_source(
     path: Path, info: VideoInfo, frames: tuple[int, int | None] | None, copied: dict[int, Any]
 ) -> Iterator[Item]:
-    """Items in decode order: RGB frames (``key=("frame", pts)``) and copied packets (``key=("packet", pkt)``)."""
+    """Items in decode order: RGB frames (``key=("frame", pts, index)``, ``index`` counted from the file's
+    first frame) and copied packets (``key=("packet", pkt, stream_index, t0)``)."""
     av = require_av()
     start, stop = frames or (0, None)
     t_start = start / info.fps  # the kept span, in seconds, for the copied streams
@@ -190,7 +191,8 @@ def _frame_source(
                     pts = frame.pts if frame.pts is not None else index
                     first_pts = pts if first_pts is None else first_pts
                     yield Item(
-                        ("frame", pts - (first_pts if frames else 0)), torch.from_numpy(np.ascontiguousarray(rgb))
+                        ("frame", pts - (first_pts if frames else 0), index),
+                        torch.from_numpy(np.ascontiguousarray(rgb)),
                     )
                     index += 1
     except av.error.FFmpegError as exc:
@@ -319,7 +321,9 @@ def upscale_video(
     """Upscale every frame of ``src`` (or ``frames``) with ``runner`` and write ``dst`` atomically.
 
     ``runner`` is a :class:`bcrn_fast.pipeline.Runner`. ``crf`` defaults to 16 for the CRF codecs.
-    Audio and subtitle streams are copied packet for packet. Raises :class:`VideoError`.
+    Audio and subtitle streams are copied packet for packet. Raises :class:`VideoError`, or
+    :class:`bcrn_fast.pipeline.NonFiniteOutput` naming the frame whose output was not finite even
+    in fp32 (a frame re-run in fp32 gets one ``note``: ``"<src>: frame <i>: ..."``).
     """
     av = require_av()
     from tqdm import tqdm
@@ -340,13 +344,21 @@ def upscale_video(
             bar = tqdm(total=total, desc=src.name, unit="frame", disable=not progress, dynamic_ncols=True)
 
             def sink(item: Item, out: torch.Tensor | None) -> None:
+                if item.error is not None:  # a frame that could not be computed: the video fails
+                    raise item.error
                 enc(item, out)
                 if item.key[0] == "frame":
                     bar.update(1)
 
             try:
                 stats = run_pipeline(
-                    _frame_source(src, info, frames, copied), runner, sink, batch=batch, queue_size=queue_size
+                    _frame_source(src, info, frames, copied),
+                    runner,
+                    sink,
+                    batch=batch,
+                    queue_size=queue_size,
+                    label=lambda key: f"{src}: frame {key[2]}",
+                    note=note,
                 )
             finally:
                 bar.close()

@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+from bcrn_fast import cli
 from bcrn_fast.checkpoint import load_checkpoint, save_checkpoint
 from bcrn_fast.cli import main
 from bcrn_fast.imageio import read_image, read_rgb_uint8, to_uint8
@@ -297,6 +299,170 @@ def test_engine_ray_hands_planned_jobs_over(
     capsys.readouterr()
     assert main([*args, "--overwrite"]) == 2
     assert "--engine ray needs bcrn_fast.distributed.run_upscale" in one_error_line(capsys.readouterr().err)
+
+
+# ---------------------------------------------------------------- defaults: dtype, fp32 re-runs, CUDA graphs
+
+
+@pytest.mark.parametrize(
+    ("name", "device", "want"),
+    [
+        ("auto", "cuda", torch.float16),  # fp16 storage, fp32 accumulation: the fused half path
+        ("auto", "cuda:1", torch.float16),
+        ("auto", "cpu", torch.float32),
+        ("fp32", "cuda", torch.float32),  # explicit choices are honoured everywhere
+        ("bf16", "cuda", torch.bfloat16),
+        ("fp16", "cpu", torch.float16),
+    ],
+)
+def test_resolve_dtype(name: str, device: str, want: torch.dtype) -> None:
+    assert cli.resolve_dtype(name, torch.device(device)) == want
+
+
+NOTES = {  # why an explicit --cuda-graph cannot apply
+    "cpu": "CUDA graphs need --device cuda (this run is on cpu)",
+    "torch": "CUDA graphs are used with the fused triton/cuda backends, not torch",
+    "tile": "--tile runs tile by tile, with shapes that vary",
+    "compile": "--compile and CUDA graphs are not combined (use one of them)",
+}
+
+
+@pytest.mark.parametrize(
+    ("requested", "device", "backend", "tile", "compile_", "use", "note"),
+    [
+        (None, "cuda", "triton", None, False, True, None),  # the default for CUDA fused runs
+        (None, "cuda", "cuda", None, False, True, None),
+        (True, "cuda", "triton", None, False, True, None),
+        (False, "cuda", "triton", None, False, False, None),  # --no-cuda-graph
+        (None, "cpu", "torch", None, False, False, None),  # off by default, quietly
+        (None, "cpu", "reference", None, False, False, None),
+        (True, "cpu", "reference", None, False, False, "cpu"),
+        (None, "cuda", "reference", None, False, False, None),
+        (True, "cuda", "torch", None, False, False, "torch"),
+        (None, "cuda", "triton", 256, False, False, None),
+        (True, "cuda", "triton", "auto", False, False, "tile"),
+        (True, "cuda", "cuda", None, True, False, "compile"),
+    ],
+)
+def test_wants_graph(
+    requested: bool | None, device: str, backend: str, tile: int | str | None, compile_: bool, use: bool, note: str
+) -> None:
+    want = (use, None if note is None else f"--cuda-graph ignored: {NOTES[note]}")
+    assert cli.wants_graph(requested, torch.device(device), backend, tile=tile, compile=compile_) == want
+
+
+def overflow_in(monkeypatch: pytest.MonkeyPatch, when: Callable[[torch.Tensor], bool]) -> list[torch.dtype | None]:
+    """Patch the CLI's model loader: each model it loads puts an inf at output pixel (0, 0) whenever
+    ``when(output)`` holds (a stand-in for fp16 overflow). Returns the dtypes loaded, in order."""
+    loaded: list[torch.dtype | None] = []
+    real = cli.load_checkpoint
+
+    def hook(mod: torch.nn.Module, inputs: tuple, out: torch.Tensor) -> torch.Tensor:
+        if when(out):
+            out = out.clone()
+            out[..., 0, 0] = float("inf")
+        return out
+
+    def load(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        model = real(*args, **kwargs)
+        loaded.append(kwargs.get("dtype"))
+        model.upsample_block.register_forward_hook(hook)
+        return model
+
+    monkeypatch.setattr(cli, "load_checkpoint", load)
+    return loaded
+
+
+def _two_images(tmp_path: Path) -> tuple[Path, Path, Path]:
+    src = tmp_path / "in"
+    src.mkdir()
+    return src, save_rgb(src / "a.png", 16, 17, seed=1), save_rgb(src / "b.png", 18, 21, seed=2)
+
+
+def test_half_output_not_finite_is_rerun_in_fp32(
+    tmp_path: Path, weights: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """a.png overflows in fp16: one note naming it, and its PNG is the fp32 model's; b.png stays fp16.
+    The fp32 model is loaded once, only when needed."""
+    src, a, b = _two_images(tmp_path)
+    loaded = overflow_in(monkeypatch, lambda y: y.dtype == torch.float16 and y.shape[-1] == 34)
+    out = tmp_path / "out"
+    assert main(["upscale", str(src), "-o", str(out), "--weights", str(weights), *REF, "--dtype", "fp16"]) == 0
+    assert loaded == [torch.float16, torch.float32]
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"bcrn-fast: note: {a}: fp16 output is not finite; re-ran it in fp32 and wrote that result",
+        "bcrn-fast: 2 written",
+    ]
+    assert np.array_equal(np.array(Image.open(out / "a_x2.png")), expected_sr(weights, a))
+    got_b = np.array(Image.open(out / "b_x2.png")).astype(int)
+    assert np.abs(got_b - expected_sr(weights, b).astype(int)).max() <= 3  # fp16, not re-run
+
+
+def test_fp32_rerun_not_finite_fails_the_item(
+    tmp_path: Path, weights: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src, a, b = _two_images(tmp_path)
+    overflow_in(monkeypatch, lambda y: y.shape[-1] == 34)  # a.png overflows in every dtype
+    args = ["upscale", str(src), "--weights", str(weights), *REF, "--dtype", "bf16"]
+    assert main([*args, "-o", str(tmp_path / "o1")]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert line == f"bcrn-fast: error: {a}: output is not finite in bf16 nor in the fp32 re-run; nothing written"
+    assert not (tmp_path / "o1" / "a_x2.png").exists()
+    assert main([*args, "-o", str(tmp_path / "o2"), "--keep-going"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"bcrn-fast: failed: {a}: output is not finite in bf16 nor in the fp32 re-run; nothing written",
+        f"bcrn-fast: 1 written; 1 failed: {a}",
+    ]
+    assert sorted(p.name for p in (tmp_path / "o2").iterdir()) == ["b_x2.png"]
+
+
+@pytest.mark.parametrize("dtype_flag", [["--dtype", "fp32"], []], ids=["fp32", "default-on-cpu"])
+def test_fp32_never_reruns(
+    tmp_path: Path,
+    weights: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    dtype_flag: list[str],
+) -> None:
+    """fp32 (explicit, or auto on the CPU) is not checked: no re-run, no second model, the output as computed."""
+    src = save_rgb(tmp_path / "pic.png", 16, 17)
+    loaded = overflow_in(monkeypatch, lambda y: True)
+    assert main(["upscale", str(src), "-o", str(tmp_path / "o"), "--weights", str(weights), *REF, *dtype_flag]) == 0
+    assert loaded == [torch.float32] and capsys.readouterr().err == ""
+    got = np.array(Image.open(tmp_path / "o" / "pic_x2.png"))
+    want = expected_sr(weights, src)
+    assert (got[0, 0] == 255).all() and np.array_equal(got[1:], want[1:])  # the inf pixel clamps to white
+
+
+def test_cuda_graphs_are_not_used_on_the_cpu(
+    tmp_path: Path, weights: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--cuda-graph on the CPU is ignored with one note; neither it nor the default wraps the model."""
+    import bcrn_fast.pipeline
+
+    def no_graphs(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("graphed() called on the CPU")
+
+    monkeypatch.setattr(bcrn_fast.pipeline, "graphed", no_graphs)
+    src = save_rgb(tmp_path / "pic.png", 16, 17)
+    base = ["upscale", str(src), "--weights", str(weights)]
+    assert main([*base, "-o", str(tmp_path / "o1"), "--cuda-graph", "--backend", "torch"]) == 0
+    assert capsys.readouterr().err.strip() == (
+        "bcrn-fast: note: --cuda-graph ignored: CUDA graphs need --device cuda (this run is on cpu)"
+    )
+    assert main([*base, "-o", str(tmp_path / "o2")]) == 0
+    assert capsys.readouterr().err == ""
+    assert np.array_equal(np.array(Image.open(tmp_path / "o2" / "pic_x2.png")), expected_sr(weights, src))
+
+
+def test_help_names_the_precision_modes(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["upscale", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "auto (default) is fp16 on CUDA (fp16 storage, fp32 accumulation;" in text
+    assert "fp32 is the accuracy mode" in text and "tf32 (the fast fp32 mode" in text
+    assert "--cuda-graph, --no-cuda-graph" in text
 
 
 # ---------------------------------------------------------------- eval

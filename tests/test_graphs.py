@@ -116,3 +116,23 @@ def test_cuda_graph_replay_matches_eager(backend: str) -> None:
     x.copy_(x2)
     torch.testing.assert_close(g(x), ref2, rtol=0, atol=0)
     assert g.captures == 1
+
+
+def test_capture_after_runs_one_off_shapes_eagerly(small_model: BCRN) -> None:
+    """capture_after=2: a signature's first call runs the model itself, its second captures, later ones replay."""
+    cap = ReplayByRerun()
+    g = GraphedModule(small_model, max_graphs=2, capturer=cap, capture_after=2)
+    a, b = torch.rand(1, 3, 16, 17), torch.rand(1, 3, 17, 16)
+    torch.testing.assert_close(g(a), small_model(a), rtol=0, atol=0)
+    torch.testing.assert_close(g(b), small_model(b), rtol=0, atol=0)
+    assert g.captures == 0 and cap.replays == 0  # two one-off shapes: no capture paid
+    torch.testing.assert_close(g(a), small_model(a), rtol=0, atol=0)
+    assert g.captures == 1 and cap.replays == 1
+    a.mul_(0.5)
+    torch.testing.assert_close(g(a), small_model(a), rtol=0, atol=0)
+    assert g.captures == 1 and cap.replays == 2
+    g.reset()  # forgets the counts too
+    g(a)
+    assert g.captures == 1 and cap.replays == 2
+    with pytest.raises(InputError, match="capture_after must be a positive int"):
+        graphed(small_model, capture_after=0)

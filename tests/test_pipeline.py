@@ -7,11 +7,23 @@ import time
 
 import pytest
 import torch
+from torch import nn
 
+from bcrn_fast.graphs import GraphedModule
 from bcrn_fast.imageio import to_uint8
 from bcrn_fast.jobs import pad_to_min_size
 from bcrn_fast.model import BCRN
-from bcrn_fast.pipeline import Item, PipelineStats, Runner, ordered_map, prepare_model, run_pipeline
+from bcrn_fast.pipeline import (
+    Item,
+    NonFiniteOutput,
+    PipelineStats,
+    Recomputed,
+    Runner,
+    ordered_map,
+    prepare_model,
+    run_pipeline,
+)
+from tests.test_graphs import ReplayByRerun
 
 
 class _Recorder:
@@ -145,3 +157,127 @@ def test_cpu_runner_matches_the_reference_nchw_model() -> None:
             assert out.shape == (34, 38, 3) and out.dtype == torch.uint8
             assert (out.numpy().astype(int) - want).__abs__().max() <= 1
         assert torch.equal(outs_f[0], outs[0])
+
+
+# ---------------------------------------------------------------- non-finite half outputs: the fp32 re-run
+
+
+def _overflowing(model: BCRN, dtypes: tuple[torch.dtype, ...], item: int) -> BCRN:
+    """``model`` whose output has an inf at pixel (0, 0) of batch item ``item`` when it runs in one of
+    ``dtypes`` (a stand-in for fp16 overflow); the hook sits on the upsampler, so tiled runs see it too."""
+
+    def hook(mod: nn.Module, inputs: tuple, out: torch.Tensor) -> torch.Tensor:
+        if out.dtype in dtypes and out.shape[0] > item:
+            out = out.clone()
+            out[item, :, 0, 0] = float("inf")
+        return out
+
+    model.upsample_block.register_forward_hook(hook)
+    return model
+
+
+def _frames(n: int, h: int = 17, w: int = 19, seed: int = 1) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, 256, (h, w, 3), dtype=torch.uint8, generator=g) for _ in range(n)]
+
+
+def _want(model: nn.Module, frames: list[torch.Tensor], dtype: torch.dtype = torch.float32) -> list[torch.Tensor]:
+    """``model`` on the batch of ``frames`` (batched, as half precision rounds per batch shape), uint8 HWC."""
+    x = torch.stack(frames).permute(0, 3, 1, 2).to(torch.float32).div(255).to(dtype)
+    with torch.inference_mode():
+        y = model(x).float()
+    return [torch.from_numpy(to_uint8(y[i : i + 1])) for i in range(len(frames))]
+
+
+class _Fallback:
+    """A fallback factory that counts how often it is asked to build the fp32 model."""
+
+    def __init__(self) -> None:
+        self.builds = 0
+        self.model = _model()
+
+    def __call__(self) -> nn.Module:
+        self.builds += 1
+        return self.model
+
+
+@pytest.mark.parametrize(("dtype", "graph"), [(torch.float16, False), (torch.bfloat16, True)], ids=["eager", "graphed"])
+def test_half_runner_reruns_non_finite_items_in_fp32(dtype: torch.dtype, graph: bool) -> None:
+    """The bad item comes back as the fp32 model's output, the others as the half model's; the fp32 model
+    is built once, on first need; with the half model graphed, the re-run never goes through a graph."""
+    half = _overflowing(_model().to(dtype), (dtype,), item=1)
+    model = GraphedModule(half, clone=False, capturer=ReplayByRerun()) if graph else half
+    fallback = _Fallback()
+    runner = Runner(model, torch.device("cpu"), dtype, fallback=fallback)
+    for seed in (1, 2) if graph else (1,):  # graphed: the second batch replays the graph of the first
+        frames = _frames(3, seed=seed)
+        outs, ready = runner(frames, PipelineStats())
+        assert ready is None and fallback.builds == 1 and runner.reruns == seed
+        assert isinstance(outs[1], Recomputed) and outs[1].dtype == dtype
+        assert torch.equal(outs[1].out, _want(fallback.model, frames[1:2])[0])
+        want = _want(half, frames, dtype)
+        for i in (0, 2):
+            assert isinstance(outs[i], torch.Tensor) and torch.equal(outs[i], want[i])
+    if graph:
+        assert model.captures == 1 and [k[2] for k in model._graphs] == [dtype]
+
+
+def test_tiled_half_runner_reruns_in_fp32() -> None:
+    half = _overflowing(_model().bfloat16(), (torch.bfloat16,), item=0)  # every tile overflows
+    fallback = _Fallback()
+    runner = Runner(half, torch.device("cpu"), torch.bfloat16, tile=12, fallback=fallback)
+    frames = _frames(2, 26, 23)
+    outs, _ = runner(frames, PipelineStats())
+    assert fallback.builds == 1 and all(isinstance(o, Recomputed) for o in outs)
+    for o, f in zip(outs, frames, strict=True):  # exact tiling: the fp32 whole-image result, to rounding
+        assert (o.out.int() - _want(fallback.model, [f])[0].int()).abs().max() <= 1
+
+
+def test_fp32_rerun_not_finite_and_no_fallback() -> None:
+    """Not finite in fp32 either: Recomputed(None); no fallback given: a clear error, nothing returned."""
+    fallback = _Fallback()
+    _overflowing(fallback.model, (torch.float32,), item=0)
+    half = _overflowing(_model().half(), (torch.float16,), item=0)
+    outs, _ = Runner(half, torch.device("cpu"), torch.float16, fallback=fallback)(_frames(1), PipelineStats())
+    assert outs == [Recomputed(None, torch.float16)]
+    with pytest.raises(NonFiniteOutput, match="fp16 output of item 0 of the batch is not finite"):
+        Runner(half, torch.device("cpu"), torch.float16)(_frames(1), PipelineStats())
+
+
+def test_fp32_runner_never_reruns() -> None:
+    """fp32 outputs are not checked: an inf is quantized like any value and no fp32 model is built."""
+    model = _overflowing(_model(), (torch.float32,), item=0)
+    fallback = _Fallback()
+    frames = _frames(2)
+    outs, _ = Runner(model, torch.device("cpu"), torch.float32, fallback=fallback)(frames, PipelineStats())
+    assert fallback.builds == 0 and all(isinstance(o, torch.Tensor) for o in outs)
+    assert torch.equal(outs[0], _want(model, frames)[0]) and int(outs[0][0, 0, 0]) == 255
+
+
+def test_pipeline_reports_reruns_and_fails_unfixable_items() -> None:
+    """A Recomputed result reaches the sink as its output with one named note; a failed re-run becomes
+    the item's NonFiniteOutput error (output None), as an unreadable file would."""
+
+    def runner(datas, stats):  # noqa: ANN001, ANN202 - value 1: re-run worked, 2: it did not
+        outs = []
+        for d in datas:
+            v = int(d.flatten()[0])
+            outs.append(Recomputed(d * 10, torch.float16) if v == 1 else Recomputed(None, torch.bfloat16) if v else d)
+        return outs, None
+
+    got, notes = [], []
+    source = [Item(i, _img(4, 4, float(i))) for i in range(3)]
+    run_pipeline(
+        iter(source),
+        runner,
+        lambda it, out: got.append((it.key, out, it.error)),
+        batch=3,
+        label=lambda key: f"item {key}",
+        note=notes.append,
+    )
+    assert notes == ["item 1: fp16 output is not finite; re-ran it in fp32 and wrote that result"]
+    assert [k for k, _, _ in got] == [0, 1, 2]
+    assert torch.equal(got[0][1], _img(4, 4, 0.0)) and got[0][2] is None
+    assert torch.equal(got[1][1], _img(4, 4, 10.0)) and got[1][2] is None
+    assert got[2][1] is None and isinstance(got[2][2], NonFiniteOutput)
+    assert str(got[2][2]) == "item 2: output is not finite in bf16 nor in the fp32 re-run; nothing written"

@@ -13,7 +13,7 @@ import torch
 from bcrn_fast.checkpoint import load_checkpoint
 from bcrn_fast.cli import main
 from bcrn_fast.imageio import to_uint8
-from tests.test_cli import REF, one_error_line, weights  # noqa: F401 - weights is a fixture
+from tests.test_cli import REF, one_error_line, overflow_in, weights  # noqa: F401 - weights is a fixture
 
 av = pytest.importorskip("av", reason="video tests need PyAV: pip install 'bcrn_fast[video]'")
 
@@ -228,3 +228,45 @@ def test_video_errors_are_one_line(
     monkeypatch.setitem(sys.modules, "av", None)  # as if PyAV were not installed
     assert main(base) == 2
     assert "pip install 'bcrn_fast[video]'" in one_error_line(capsys.readouterr().err)
+
+
+def test_video_frame_rerun_in_fp32(
+    tmp_path: Path,
+    weights: Path,  # noqa: F811
+    clips: dict[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Frame 1 overflows in fp16: one note names it and the lossless output holds the fp32 run's frame 1
+    and the fp16 run's other frames; when fp32 overflows too, the video fails naming the frame."""
+    src = clips["ffv1"]
+    base = ["upscale", str(src), "--weights", str(weights), *REF, "--codec", "ffv1", "--frames", "0:3"]
+    assert main([*base, "-o", str(tmp_path / "fp32.mkv"), "--dtype", "fp32"]) == 0
+    assert main([*base, "-o", str(tmp_path / "fp16.mkv"), "--dtype", "fp16"]) == 0
+    capsys.readouterr()
+    half_calls = []
+
+    def frame_1_in_fp16(y: torch.Tensor) -> bool:  # the CPU batch is one frame
+        if y.dtype != torch.float16:
+            return False
+        half_calls.append(1)
+        return len(half_calls) == 2
+
+    loaded = overflow_in(monkeypatch, frame_1_in_fp16)
+    assert main([*base, "-o", str(tmp_path / "mixed.mkv"), "--dtype", "fp16"]) == 0
+    assert loaded == [torch.float16, torch.float32]
+    err = capsys.readouterr().err.strip()
+    assert err == f"bcrn-fast: note: {src}: frame 1: fp16 output is not finite; re-ran it in fp32 and wrote that result"
+    fp32, fp16, mixed = (_streams(tmp_path / f"{n}.mkv")["frames"] for n in ("fp32", "fp16", "mixed"))
+    assert len(mixed) == 3 and not np.array_equal(fp32[1][1], fp16[1][1])
+    for i, (pts, got) in enumerate(mixed):
+        want = fp32[i] if i == 1 else fp16[i]
+        assert pts == want[0] and np.array_equal(got, want[1])
+
+    half_calls.clear()
+    monkeypatch.undo()
+    overflow_in(monkeypatch, lambda y: frame_1_in_fp16(y) or y.dtype == torch.float32)
+    assert main([*base, "-o", str(tmp_path / "bad.mkv"), "--dtype", "fp16"]) == 2
+    why = "output is not finite in fp16 nor in the fp32 re-run; nothing written"
+    assert one_error_line(capsys.readouterr().err) == f"bcrn-fast: error: {src}: frame 1: {why}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fp16.mkv", "fp32.mkv", "mixed.mkv"]  # no partial file
