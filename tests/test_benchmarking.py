@@ -12,9 +12,8 @@ import torch
 
 from bcrn_fast import BCRN
 from bcrn_fast.benchmarking import cli, costs, report, timing, variants
-from bcrn_fast.benchmarking.harness import Bench, Case, Options, Row
-from bcrn_fast.benchmarking.targets import TARGETS
-from bcrn_fast.benchmarking.variants import VARIANTS, Prepared, Variant
+from bcrn_fast.benchmarking.harness import STATUSES, Bench, Case, Options, Row
+from bcrn_fast.benchmarking.variants import TARGETS, VARIANTS, Prepared, Variant
 from bcrn_fast.tolerances import TOLERANCE
 
 TINY = Case("model", 2, 16, 16, 1, "fp32")  # smallest legal input: fast on any CPU
@@ -197,6 +196,39 @@ def test_time_budget_skips_late_rows(bench):
 
 
 # ----------------------------------------------------------------------------- report
+TOP_KEYS = ("schema", "created", "env", "config", "cost_model", "complete", "rows")
+ENV_KEYS = ("device", "device_name", "driver", "cuda", "torch", "triton", "python", "git_commit")
+
+
+def validate_report(rep):
+    """Raise ``ValueError`` listing every way ``rep`` departs from the schema (the report invariants)."""
+    problems = [f"missing top-level key {key!r}" for key in TOP_KEYS if key not in rep]
+    if rep.get("schema") != report.SCHEMA:
+        problems.append(f"schema is {rep.get('schema')!r}, expected {report.SCHEMA!r}")
+    problems += [f"env lacks {key!r}" for key in ENV_KEYS if key not in (rep.get("env") or {})]
+    rows = rep.get("rows")
+    if not isinstance(rows, list):
+        problems, rows = [*problems, "rows is not a list"], []
+    for i, r in enumerate(rows):
+        if missing := [k for k in (*Row.__dataclass_fields__, *report.DERIVED_KEYS) if k not in r]:
+            problems.append(f"row {i} lacks {missing}")
+            continue
+        ok, status, timed = r["status"] == "OK", r["status"], [r["p20_ms"], r["median_ms"], r["p80_ms"]]
+        verified = r["rel_error"] is not None and r["tolerance"] is not None and r["rel_error"] <= r["tolerance"]
+        checks = {
+            f"status {status!r} not in {STATUSES}": status not in STATUSES,
+            f"dtype {r['dtype']!r}": r["dtype"] not in TOLERANCE,
+            "OK but not timed": ok and None in timed,
+            "quantiles out of order": ok and None not in timed and timed != sorted(timed),
+            "OK without a passing verification": ok and not verified,
+            f"status {status} but timed": not ok and any(t is not None for t in timed),
+            f"status {status} without a reason": not ok and not r["reason"],
+        }
+        problems += [f"row {i}: {what}" for what, bad in checks.items() if bad]
+    if problems:
+        raise ValueError("invalid benchmark report:\n  " + "\n  ".join(problems))
+
+
 ENV = {
     "device": "cuda",
     "device_name": "NVIDIA H100 80GB HBM3",
@@ -281,10 +313,10 @@ def test_annotate_speedups_and_roofline():
 
 def test_report_json_schema_roundtrip(tmp_path):
     rep = report.make_report(_synthetic_rows(), ENV, {"quick": True})
-    report.validate_report(rep)
+    validate_report(rep)
     json_path, md_path = report.write_report(rep, tmp_path, "run")
     loaded = report.load_report(json_path)
-    report.validate_report(loaded)
+    validate_report(loaded)
     assert loaded["rows"] == json.loads(json.dumps(rep["rows"]))
     assert md_path.read_text().startswith("# BCRN benchmark")
     for key in ("device_name", "driver", "torch", "triton", "cuda", "git_commit"):
@@ -321,7 +353,7 @@ def test_validate_report_catches_schema_errors(corrupt):
     else:
         rep["rows"][0]["status"] = "GREAT"
     with pytest.raises(ValueError, match="invalid benchmark report"):
-        report.validate_report(rep)
+        validate_report(rep)
 
 
 def test_markdown_table_format():
@@ -458,7 +490,7 @@ def test_cli_run_writes_json_and_markdown(tmp_path, capsys):
     assert "| model  | x2    | 16x16" in stdout and "needs a CUDA device" in stdout
     [json_path] = out.glob("*_cpu.json")
     rep = json.loads(json_path.read_text())
-    report.validate_report(rep)
+    validate_report(rep)
     assert rep["complete"] and [r["variant"] for r in rep["rows"]] == ["eager", "fused_triton"]
     assert rep["rows"][0]["status"] == "OK" and rep["rows"][1]["status"] == "SKIPPED"
     assert json_path.with_suffix(".md").exists()

@@ -1,8 +1,8 @@
 """Benchmarking bcrn_fast: harness, variants, byte/FLOP model, reports, the ``bench`` CLI.
 
-- :mod:`~bcrn_fast.benchmarking.targets` / :mod:`~bcrn_fast.benchmarking.costs`: what is benchmarked, its
-  stated FLOP and byte model, GPU peaks, roofline floor;
-- :mod:`~bcrn_fast.benchmarking.variants`: eager, channels-last, torch.compile modes, CUDA graphs, fused backends;
+- :mod:`~bcrn_fast.benchmarking.variants`: the targets (model, fused blocks) and the variants compared (eager,
+  channels-last, torch.compile modes, CUDA graphs, fused backends, onnxruntime);
+- :mod:`~bcrn_fast.benchmarking.costs`: the stated FLOP and byte model, GPU peaks, roofline floor;
 - :mod:`~bcrn_fast.benchmarking.harness`: build -> verify against fp32 eager -> time (WRONG rows are never timed);
   ``schedule`` is the one row loop, in-process (``Bench.run``) or a process per row (``isolated.run_isolated``);
 - :mod:`~bcrn_fast.benchmarking.report`: environment, JSON schema, markdown table, plot; ``annotate`` is the one

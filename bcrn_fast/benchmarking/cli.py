@@ -1,18 +1,12 @@
 """``bcrn-fast bench``: compare the reference, torch.compile and the fused backends.
 
-``add_arguments(parser)`` adds the options, ``run(args)`` runs the grid and
-prints the markdown table (returns 0, or 1 if a variant was WRONG (failed verification)
-or raised, 2 for bad arguments). ``python -m bcrn_fast.benchmarking`` is the
-same command on its own.
-
-Sizes are LR ``WIDTHxHEIGHT`` (video convention: ``320x180`` at x4 is a 720p
-output). Defaults per device:
-
-- CPU ``--quick``: 64x64, x4, fp32; eager, eager_cl, fused_torch (well under a minute);
-- CPU default: 64x64 and 128x72, x4 and x2, fp32; adds inductor;
-- CUDA ``--quick``: 320x180 and 960x540, x4, fp32 and fp16, every variant;
-- CUDA default: 256x256 (N=1 and N=8), 320x180, 480x270, 960x540; x4 and x2;
-  fp32, fp16 and bf16; every variant.
+``add_arguments(parser)`` adds the options, ``run(args)`` runs the grid and prints the markdown table
+(returns 0; 1 if a row was WRONG, CRASHED or TIMEOUT; 2 for bad arguments); ``python -m
+bcrn_fast.benchmarking`` is the same command. Sizes are LR ``WIDTHxHEIGHT`` (video convention: ``320x180``
+at x4 is a 720p output). Default grids: CPU ``--quick`` 64x64 x4 fp32 (eager, eager_cl, fused_torch);
+CPU 64x64 and 128x72, x4 and x2, adds inductor and onnxruntime; CUDA ``--quick`` 320x180 and 960x540, x4,
+fp32 and fp16; CUDA 256x256 (N=1 and 8), 320x180, 480x270, 960x540, x4 and x2, fp32/fp16/bf16; on CUDA
+every variant but fused_torch and onnxruntime.
 """
 
 from __future__ import annotations
@@ -26,8 +20,7 @@ import torch
 
 from bcrn_fast.benchmarking import report
 from bcrn_fast.benchmarking.harness import DTYPES, Bench, Case, Options, Row
-from bcrn_fast.benchmarking.targets import MODULE_TARGETS, TARGETS
-from bcrn_fast.benchmarking.variants import ALL_VARIANTS, expand_names, resolve_variants
+from bcrn_fast.benchmarking.variants import ALL_VARIANTS, MODULE_TARGETS, TARGETS, expand_names, resolve_variants
 from bcrn_fast.model import MIN_SIZE, SCALES
 
 __all__ = ["add_arguments", "build_cases", "main", "parse_sizes", "run"]

@@ -35,8 +35,7 @@ import torch
 
 from bcrn_fast.benchmarking import timing
 from bcrn_fast.benchmarking.costs import target_traffic
-from bcrn_fast.benchmarking.targets import TARGETS, reference_weights
-from bcrn_fast.benchmarking.variants import VARIANTS, BuildContext, Prepared
+from bcrn_fast.benchmarking.variants import TARGETS, VARIANTS, BuildContext, Prepared, reference_weights
 from bcrn_fast.tolerances import TOLERANCE, rel_error
 
 __all__ = ["DTYPES", "STATUSES", "TOLERANCE", "Bench", "Case", "Options", "Row", "VerificationError", "schedule"]

@@ -1,22 +1,13 @@
 """Every benchmark row in its own process (``--isolate``): one fault cannot cost the other rows.
 
-On a GPU a kernel that faults (illegal address, misaligned access) leaves the
-CUDA context unusable for the rest of its process, and a kernel that hangs
-stops everything after it. So the parent here never touches the GPU for a
-row: it decides the order (:data:`~bcrn_fast.benchmarking.variants.ISOLATED_ORDER`:
-baselines first, fused rows next, slow compile modes last), starts
-``python -m bcrn_fast.benchmarking.isolated SPEC.json RESULT.json`` per row
-under a timeout and records what came back:
-
-- the child's own row (OK, WRONG, CRASHED when it raised, SKIPPED);
-- TIMEOUT when the child ran past its limit (the whole process group is killed);
-- CRASHED with the exit code or signal and the child's last output line when
-  it died without writing a row (segfault, CUDA abort, out of memory).
-
-The child builds, verifies, times and (CUDA) counts kernels exactly as
-:meth:`Bench.run_one` does in one process; its reference output is computed
-in the child too, so nothing is shared between rows but the disk caches
-(Triton's and Inductor's), which later rows reuse.
+On a GPU a kernel that faults leaves the CUDA context unusable for the rest of its process, and a kernel
+that hangs stops everything after it. So the parent never touches the GPU: it orders the rows
+(:data:`~bcrn_fast.benchmarking.variants.ISOLATED_ORDER`: baselines first, fused rows next, slow compile
+modes last) and runs ``python -m bcrn_fast.benchmarking.isolated SPEC.json RESULT.json`` per row under a
+timeout. The row is the child's own (made by :meth:`Bench.run_one`, kernels counted after its timing), or
+TIMEOUT when the child ran past its limit (its process group is killed), or CRASHED with the exit code or
+signal and its last output line when it died without a row. Rows share only the disk caches (Triton's,
+Inductor's).
 """
 
 from __future__ import annotations
