@@ -238,12 +238,7 @@ class _FusedOps:
         return self._esa.esa_pool(a, e._packed(a.dtype).esa, backend=e._backend_for(a))
 
     def low(self, k: int, v: Tensor) -> Tensor:
-        from bcrn_fast.ops._common import ACT_RELU
-
-        e = self.blocks[k].esa
-        v = e.conv_max.run(v, act=ACT_RELU)
-        v = e.conv3.run(v, act=ACT_RELU)
-        return e.conv3_.run(v)
+        return self.blocks[k].esa.low(v)  # the three low-res BSConvs in one launch (zero padding at the window)
 
     def apply(self, k: int, t2: Tensor, a: Tensor | None, up: Tensor) -> Tensor:
         from bcrn_fast.ops._common import empty_nhwc

@@ -1,7 +1,11 @@
-"""ESA (enhanced spatial attention) kernels: the strided pool and the apply.
+"""ESA (enhanced spatial attention) kernels: the strided pool, the low-resolution branch and the apply.
 
 ``esa_pool_kernel``: conv2's depthwise 3×3 stride 2 (valid) fused with the
 7×7 / 3 max-pool; the stride-2 map ``c1`` is never written.
+
+``esa_low_kernel``: the three BSConvU 3×3 of the pooled map
+(``conv3_(relu(conv3(relu(conv_max(v)))))``) in one launch, halo-grown tiles
+and a per-program scratch instead of two intermediate maps.
 
 ``esa_apply_kernel``: ``u = t ⊙ σ(W4ᵀ·(bilinear↑(c3) + Wfᵀ·t + bf) + b4)``,
 written into a channel slice of a wider buffer, optionally with the CCA
@@ -84,6 +88,132 @@ def esa_pool_kernel(
     vmax = tl.where(has_nan > 0, float("nan"), vmax)
     ptrs = v_ptr + n * stride_vn + i[:, None] * stride_vh + j[:, None] * stride_vw + offs_f[None, :] * stride_vf
     tl.store(ptrs, vmax.to(v_ptr.dtype.element_ty), mask=qmask[:, None])
+
+
+@triton.jit
+def _low_pointwise(x, pw_ptr, offs_f, F: tl.constexpr, DOT_IN_FP32: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+    """``x [S², F] · pw [F, F]`` (pw_ptr: one stage's transposed pointwise weight, compute dtype) -> fp32."""
+    pw = tl.load(pw_ptr + offs_f[:, None] * F + offs_f[None, :])
+    if DOT_IN_FP32:  # exact upcast of the rounded operands (interpreter bf16 workaround)
+        return tl.dot(x.to(tl.float32), pw.to(tl.float32), input_precision="ieee")
+    return tl.dot(x.to(pw_ptr.dtype.element_ty), pw, input_precision=INPUT_PRECISION)
+
+
+@triton.jit
+def _low_depthwise(y_ptr, dw_ptr, b_ptr, idx, li, lj, offs_f, S: tl.constexpr, F: tl.constexpr):
+    """``b + Σ_tap dw[tap] ⊙ y[p + tap - (1, 1)]`` over the block, y read from scratch ([S², F] fp32 at y_ptr).
+
+    Taps falling off the block read 0: those pixels lie in the outer ring the next stage never uses.
+    """
+    acc = tl.zeros([S * S, F], dtype=tl.float32) + tl.load(b_ptr + offs_f)[None, :]
+    for ky in tl.static_range(3):
+        for kx in tl.static_range(3):
+            ok = (li + (ky - 1) >= 0) & (li + (ky - 1) < S) & (lj + (kx - 1) >= 0) & (lj + (kx - 1) < S)
+            src = idx + ((ky - 1) * S + (kx - 1))
+            y = tl.load(y_ptr + src[:, None] * F + offs_f[None, :], mask=ok[:, None], other=0.0)
+            acc += y * tl.load(dw_ptr + (3 * ky + kx) * F + offs_f)[None, :]
+    return acc
+
+
+@triton.jit
+def _low_relu_zero_padded(z, inside, dtype: tl.constexpr):
+    """The next conv's input: relu (NaN kept, like torch.relu) inside the image, 0 outside (its zero padding),
+    rounded to the storage dtype as a stored intermediate map would be."""
+    z = tl.where(z != z, z, tl.maximum(z, 0.0))
+    return tl.where(inside[:, None], z, 0.0).to(dtype)
+
+
+@triton.jit
+def esa_low_kernel(
+    # pointers
+    v_ptr,  # [N, F, Hl, Wl] storage dtype, any strides: the pooled map
+    pw_ptr,  # [3, F, F] compute dtype: stage k's pointwise weight transposed, [k, in, out]
+    dw_ptr,  # [3, 9, F] fp32: stage k's depthwise taps, tap = 3·ky + kx
+    b_ptr,  # [3, F] fp32: stage k's depthwise bias
+    c3_ptr,  # [N, F, Hl, Wl] storage dtype output, any strides
+    ws_ptr,  # [N·T, 2, S², F] fp32 scratch: two blocks per program, each fully written before it is read
+    # sizes
+    Hl,
+    Wl,
+    TILES_W,  # tiles per row of the output = cdiv(Wl, S - 6)
+    T,  # tiles per image
+    # strides (elements)
+    stride_vn,
+    stride_vf,
+    stride_vh,
+    stride_vw,
+    stride_cn,
+    stride_cf,
+    stride_ch,
+    stride_cw,
+    # meta
+    F: tl.constexpr,  # 16: the ESA width, whole channel row per pixel, dot K and N
+    S: tl.constexpr,  # block side (power of two): the program owns (S-6)² outputs, dot M = S²
+    DOT_IN_FP32: tl.constexpr,  # upcast dot operands (interpreter workaround, bf16 only)
+    INPUT_PRECISION: tl.constexpr,  # "ieee" | "tf32" for fp32 dots
+    WIDE_INDEX: tl.constexpr,  # int64 offsets into v / c3 (tests force it; the pooled map never needs it)
+):
+    """``c3 = conv3_(relu(conv3(relu(conv_max(v)))))``, each a BSConvU 3×3 pad 1: ``b + dw ⊛ (pw · x)``.
+
+    Program (tile, n) owns the ``(S-6)×(S-6)`` output pixels at ``(ty, tx)·(S-6)`` of image n, all F
+    channels, and works on the ``S×S`` block grown by a 3-pixel halo (block pixel (i, j) is map pixel
+    ``(ty·(S-6) - 3 + i, tx·(S-6) - 3 + j)``), flattened to ``[S², F]`` tiles:
+
+    1. ``y1 = pw1 · v`` on the block (v is 0 off the map, so y1 is too): one dot -> scratch A;
+    2. ``x2 = relu(b1 + dw1 ⊛ y1)`` (exact on block pixels 1..S-2), 0 off the map (conv3's zero padding);
+       ``y2 = pw2 · x2`` -> scratch B;
+    3. ``x3 = relu(b2 + dw2 ⊛ y2)`` (exact on 2..S-3), 0 off the map; ``y3 = pw3 · x3`` -> scratch A;
+    4. ``c3 = b3 + dw3 ⊛ y3``, exact on 3..S-4: the owned pixels, stored.
+
+    Pointwise once, then depthwise (not the pointwise per tap): 3 dots of ``[S², F]·[F, F]`` per program
+    (S = 16: 196,608 MACs, 1,966 per owned pixel, where the per-tap scheme takes 9× that: 17,695) plus
+    3·9·F FMAs per block pixel (110,592). The depthwise taps need neighbouring pixels, which in registers
+    belong to other threads: each stage's pointwise result goes through this program's scratch (fp32, in
+    L1/L2: ``2·S²·F·4`` = 32 KB at S = 16), ordered by ``tl.debug_barrier()`` (bar.sync: the block's
+    global stores are visible to all its threads afterwards). Intermediates are rounded to the storage
+    dtype before each dot, exactly as three separate BSConv launches would store them.
+    Bytes per program: the ``S²·F`` block of v (2.56× the owned part at S = 16; the map is ~HW/36 pixels,
+    so it is small either way), ``(S-6)²·F`` of c3; scratch 3 writes and 27 tap reads of ``S²·F`` fp32.
+    """
+    tile = tl.program_id(0)
+    n = tl.program_id(1)
+    n64 = n.to(tl.int64)
+    OWN: tl.constexpr = S - 6
+    idx = tl.arange(0, S * S)
+    li = idx // S
+    lj = idx % S
+    gy = (tile // TILES_W) * OWN - 3 + li
+    gx = (tile % TILES_W) * OWN - 3 + lj
+    inside = (gy >= 0) & (gy < Hl) & (gx >= 0) & (gx < Wl)
+    offs_f = tl.arange(0, F)
+    if WIDE_INDEX:  # int64 row/column/channel indices make every offset product and sum below int64
+        gy = gy.to(tl.int64)
+        gx = gx.to(tl.int64)
+        f_a = offs_f.to(tl.int64)
+    else:
+        f_a = offs_f
+    dtype = c3_ptr.dtype.element_ty
+    scratch_a = ws_ptr + (n64 * T + tile) * (2 * S * S * F)
+    scratch_b = scratch_a + S * S * F
+    blk = idx[:, None] * F + offs_f[None, :]
+
+    v_ptrs = v_ptr + n64 * stride_vn + gy[:, None] * stride_vh + gx[:, None] * stride_vw + f_a[None, :] * stride_vf
+    x = tl.load(v_ptrs, mask=inside[:, None], other=0.0)
+    tl.store(scratch_a + blk, _low_pointwise(x, pw_ptr, offs_f, F, DOT_IN_FP32, INPUT_PRECISION))
+    tl.debug_barrier()
+    z = _low_depthwise(scratch_a, dw_ptr, b_ptr, idx, li, lj, offs_f, S, F)
+    x = _low_relu_zero_padded(z, inside, dtype)
+    tl.store(scratch_b + blk, _low_pointwise(x, pw_ptr + F * F, offs_f, F, DOT_IN_FP32, INPUT_PRECISION))
+    tl.debug_barrier()
+    z = _low_depthwise(scratch_b, dw_ptr + 9 * F, b_ptr + F, idx, li, lj, offs_f, S, F)
+    x = _low_relu_zero_padded(z, inside, dtype)
+    # scratch A's last reads (step 2's taps) precede the barrier above in every thread: safe to overwrite
+    tl.store(scratch_a + blk, _low_pointwise(x, pw_ptr + 2 * F * F, offs_f, F, DOT_IN_FP32, INPUT_PRECISION))
+    tl.debug_barrier()
+    z = _low_depthwise(scratch_a, dw_ptr + 18 * F, b_ptr + 2 * F, idx, li, lj, offs_f, S, F)
+    own = inside & (li >= 3) & (li < S - 3) & (lj >= 3) & (lj < S - 3)
+    c_ptrs = c3_ptr + n64 * stride_cn + gy[:, None] * stride_ch + gx[:, None] * stride_cw + f_a[None, :] * stride_cf
+    tl.store(c_ptrs, z.to(dtype), mask=own[:, None])
 
 
 # Hl/Wl are not specialised on the value 1 (ESA's 1-pixel low-res map of a 15x15
@@ -245,14 +375,19 @@ def esa_apply_kernel(
 
 
 # --------------------------------------------------------------------------- launch configurations
+# Fact ``kernel``: which kernel looks the table up.
 # esa_apply_kernel with fp32 IEEE dots (FMA loops, no tensor cores); its other modes take kernels/cca.py's
 # rows (the same [BLOCK_P, 64] tile and register budget). esa_pool_kernel runs the fixed POOL_BLOCK.
 # Fact ``big``: the (capped) tile has 4K elements or more.
+# esa_low_kernel, every dtype and precision: ``block_p`` is the S² pixels of its square halo block (S - 6
+# owned per side). Fact ``tiny``: the pooled map fits one 8x8 block's 2x2 owned pixels (inputs below 27 px).
 FMA_BLOCK_P = 64  # esa_apply at [128, 64] spills 1.6 KB of stack even at 8 warps; [64, 64] fits in 172 registers
 # fmt: off
 CONFIGS = (
-    Rule({"big": True}, Config(FMA_BLOCK_P, 8, why="[64, 64] FMA dots: 172 registers on 8 warps, no spills")),
-    Rule({}, Config(FMA_BLOCK_P, 4, why="tiles under 4K elements: 4 warps")),
+    Rule({"kernel": "apply", "big": True}, Config(FMA_BLOCK_P, 8, why="[64, 64] FMA dots: 172 registers on 8 warps, no spills")),  # noqa: E501
+    Rule({"kernel": "apply"}, Config(FMA_BLOCK_P, 4, why="tiles under 4K elements: 4 warps")),
+    Rule({"kernel": "low", "tiny": True}, Config(64, 2, why="8x8 block, [64, 16] tiles: 2 warps, no spills")),
+    Rule({"kernel": "low"}, Config(256, 4, why="16x16 block, [256, 16] tiles: 4 warps, no spills")),
 )
 # fmt: on
 
@@ -260,5 +395,14 @@ CONFIGS = (
 def launch_config(hw: int, channels: int) -> tuple[int, int]:
     """(BLOCK_P, num_warps) of ``CONFIGS`` (fp32 IEEE esa_apply) for ``[BLOCK_P, channels]`` over ``hw`` pixels."""
     tile = min(natural_tile(hw, channels), FMA_BLOCK_P)
-    config = pick(CONFIGS, big=tile * channels >= 4096)
+    config = pick(CONFIGS, kernel="apply", big=tile * channels >= 4096, tiny=False)
     return pixel_tile(config, hw, channels), config.num_warps
+
+
+def low_launch_config(hl: int, wl: int) -> tuple[int, int]:
+    """(S, num_warps) of ``CONFIGS`` for esa_low_kernel on an ``hl x wl`` pooled map: S is the block side."""
+    config = pick(CONFIGS, kernel="low", big=False, tiny=max(hl, wl) <= 2)
+    side = 8
+    while side * side < config.block_p:
+        side *= 2
+    return side, config.num_warps

@@ -28,6 +28,8 @@ from bcrn_fast.ops.cca import (
     cca_scale,
     cca_scale_triton,
     cca_workspace,
+    cca_workspace_size,
+    cca_workspaces,
     launch_settings,
     merge_group,
     merge_steps,
@@ -197,3 +199,20 @@ def test_wide_index_path_is_bit_identical(monkeypatch):
     assert _common.needs_wide_index(x)  # what both launchers ask
     assert torch.equal(cca_scale_triton(x, *weights, block_p=16, block_t=4, group=8), s_narrow)
     assert torch.equal(channel_scale_triton(x, s_narrow), y_narrow)
+
+
+def test_workspaces_share_one_allocation_and_one_fill():
+    """BCRNFused's six merges: disjoint, correctly sized views of one partials and one zeroed counter tensor."""
+    tiles, group = 98, 32
+    size = cca_workspace_size(2, tiles, group)
+    assert size == (2 * (98 + 4) * 2 * 64, 2 * (1 + 4))  # 4 groups: tile then group partials; image then groups
+    spaces = cca_workspaces(6, 2, tiles, DEVICE, group)
+    assert len(spaces) == 6
+    for k, (ws, cnt) in enumerate(spaces):
+        assert ws.shape == (size[0],) and ws.dtype == torch.float32 and ws.is_contiguous()
+        assert cnt.shape == (size[1],) and cnt.dtype == torch.int32 and not cnt.any()
+        assert ws.untyped_storage().data_ptr() == spaces[0].partials.untyped_storage().data_ptr()
+        assert cnt.untyped_storage().data_ptr() == spaces[0].counters.untyped_storage().data_ptr()
+        assert cnt.data_ptr() == spaces[0].counters.data_ptr() + k * size[1] * 4  # back to back, no overlap
+    one = cca_workspace(2, tiles, DEVICE, group)
+    assert one.partials.shape == (size[0],) and one.counters.shape == (size[1],)

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import copy
+import importlib
 import os
+from collections import Counter
 from pathlib import Path
 
 import pytest
 import torch
+from triton.runtime.interpreter import InterpretedFunction
+from triton.runtime.jit import JITFunction
 
 from bcrn_fast import BCRN
 from bcrn_fast.fused import BCRNFused, FusedBCB, FusedBSConv, fuse_
+from bcrn_fast.ops import backends
 from bcrn_fast.validation import InputError
 from tests.utils import QUICK, assert_close_to_ref, guarded, random_bcrn
 
@@ -115,6 +120,70 @@ def test_fuse_in_place_inside_a_container():
     holder = torch.nn.Sequential(random_bcrn(2))
     fuse_(holder, backend="torch")
     assert isinstance(holder[0], BCRNFused)
+
+
+# aten ops that launch no device kernel (allocation, views, metadata)
+NO_KERNEL_OPS = {
+    "aten::empty",
+    "aten::empty_strided",
+    "aten::as_strided",
+    "aten::slice",
+    "aten::select",
+    "aten::narrow",
+    "aten::view",
+    "aten::permute",
+    "aten::t",
+    "aten::transpose",
+    "aten::expand",
+    "aten::alias",
+    "aten::unsqueeze",
+    "aten::squeeze",
+    "aten::reshape",
+    "aten::resolve_conj",
+    "aten::resolve_neg",
+    "aten::lift_fresh",
+    "aten::detach",
+    "aten::zeros",  # counted as its zero_
+}
+
+
+@pytest.mark.skipif(not backends.triton_can_run(torch.device(DEVICE)), reason="Triton needs CUDA or TRITON_INTERPRET=1")
+def test_kernels_per_forward(monkeypatch):
+    """One x4 forward on the Triton backend: <= 40 kernels (Triton launches + torch kernels), no cat, one zero
+    fill (the six CCA merges' counters), one esa_low launch per block instead of three BSConvs.
+
+    Every ``@triton.jit`` function of ``bcrn_fast.kernels`` is replaced by a recorder (nothing runs, so the
+    outputs are garbage, but every launcher and host op runs as in a real forward); torch's profiler lists
+    the aten ops.
+    """
+    launches: Counter = Counter()
+
+    class Recorder:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def __getitem__(self, grid):  # noqa: ANN001 - a Triton grid
+            return lambda *args, **kwargs: launches.update([self.name])
+
+    # import every kernel module before patching any: one importing another's helpers must get the real ones
+    modules = [importlib.import_module(f"bcrn_fast.kernels.{m}") for m in ("bsconv", "convnext", "cca", "esa")]
+    for module in modules:
+        for name, obj in list(vars(module).items()):
+            if isinstance(obj, (JITFunction, InterpretedFunction)):
+                monkeypatch.setattr(module, name, Recorder(name))
+    model = BCRNFused.from_reference(random_bcrn(4), backend="triton").to(DEVICE)
+    x = torch.rand(2, 3, 24, 20, device=DEVICE)
+    with torch.inference_mode():
+        model(x)  # packs the weights (their copies are not per-forward work)
+        launches.clear()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            model(x)
+    aten = Counter(e.name for e in prof.events() if e.name.startswith("aten::") and e.name not in NO_KERNEL_OPS)
+    assert launches["esa_low_kernel"] == launches["esa_pool_kernel"] == launches["esa_apply_kernel"] == 6, launches
+    assert "aten::cat" not in aten, aten
+    assert aten["aten::zero_"] + aten["aten::fill_"] == 1, aten  # one counter fill for the six blocks
+    total = sum(launches.values()) + sum(aten.values())
+    assert total <= 40, f"{total} kernels per forward: {dict(launches)} + {dict(aten)}"
 
 
 def test_input_checks():

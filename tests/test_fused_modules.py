@@ -28,6 +28,7 @@ from bcrn_fast.model import (
     CCALayer,
     ConvNeXtBlock,
 )
+from bcrn_fast.ops import esa as esa_op
 from bcrn_fast.validation import InputError
 from tests.utils import assert_close_to_ref, guarded
 
@@ -179,6 +180,25 @@ def test_fused_esa_standalone_not_in_place_of_input():
     with torch.inference_mode():
         esa(x)
     assert torch.equal(x, keep)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bcb_run_into_shared_scale_and_workspace(backend):
+    """FusedBCB.run as BCRNFused calls it: s into a slice of one [N, 384] tensor, the merge in a view of one
+    shared workspace; same u and s, bit for bit, as the standalone run (own scale, own workspace)."""
+    block = FusedBCB.from_reference(_randomize(BluePrintShortcutBlock(64)), backend=backend).to(DEVICE)
+    x = torch.rand(2, 64, 17, 16, device=DEVICE)
+    out_own = torch.full((2, 128, 17, 16), float("nan"), device=DEVICE)
+    out_shared = out_own.clone()
+    scales = torch.full((2, 384), float("nan"), device=DEVICE)
+    workspaces = esa_op.apply_workspaces(6, 2, 17, 16, torch.float32, "ieee", torch.device(DEVICE))
+    with torch.inference_mode():
+        s_own = block.run(x, None, out_own, 64)
+        s = block.run(x, None, out_shared, 64, scale=scales[:, 128:192], workspace=workspaces[2])
+    assert s.data_ptr() == scales[:, 128:192].data_ptr()
+    assert torch.isnan(scales[:, :128]).all() and torch.isnan(scales[:, 192:]).all()
+    assert torch.equal(s, s_own) and torch.equal(out_shared[:, 64:], out_own[:, 64:])
+    assert torch.isfinite(out_own[:, 64:]).all() and torch.isnan(out_shared[:, :64]).all()
 
 
 def test_dtype_round_trip_invalidates_packed_weights():

@@ -1,8 +1,9 @@
-"""esa_pool and esa_apply (+ fused CCA) vs the reference ESA / CCALayer (float64), both backends.
+"""esa_pool, esa_low and esa_apply (+ fused CCA) vs the reference ESA / CCALayer (float64), both backends.
 
 Triton runs through the interpreter on CPU (TRITON_INTERPRET=1, which
 tests/conftest.py sets without a GPU). Inputs live in NaN guard bands, the
-``out`` buffer is NaN-poisoned inside and outside the written channel slice, and errors are
+``out`` buffer is NaN-poisoned inside and outside the written channel slice (the CCA scale's
+``[N, 384]`` buffer likewise, esa_low's scratch too), and errors are
 bounded by a multiple of PyTorch's own same-dtype error.
 """
 
@@ -12,12 +13,23 @@ import functools
 import pytest
 import torch
 import torch.nn.functional as F
+from bcrn_fast.kernels.esa import low_launch_config
 
-import bcrn_fast.ops.esa  # noqa: F401  (registers bcrn_fast::esa_pool, bcrn_fast::esa_apply)
+import bcrn_fast.ops.esa  # noqa: F401  (registers bcrn_fast::esa_pool, esa_low, esa_apply)
 from bcrn_fast.model import ESA, CCALayer, mean_channels, stdv_channels
-from bcrn_fast.ops import backends
-from bcrn_fast.ops.cca import pack_cca
-from bcrn_fast.ops.esa import esa_apply, esa_apply_triton, esa_pool, pack_esa, pooled_size
+from bcrn_fast.ops import _common, backends
+from bcrn_fast.ops.cca import cca_workspace_size, pack_cca
+from bcrn_fast.ops.esa import (
+    apply_workspaces,
+    esa_apply,
+    esa_apply_triton,
+    esa_low,
+    esa_low_triton,
+    esa_pool,
+    pack_esa,
+    pooled_size,
+    workspace_size,
+)
 from bcrn_fast.validation import InputError
 from tests.utils import assert_close_to_ref, guarded, inductor_unavailable, rel_error
 
@@ -121,6 +133,88 @@ def test_esa_pool_nan_propagates(backend):
     assert torch.equal(torch.isnan(v), torch.isnan(ref)) and torch.isnan(v).any()
 
 
+# (N, Hl, Wl, channels_last) pooled maps: 1x1 (a 15x15 input), 2x3, one 16x16 block's 10x10 owned tile
+# exactly, 11x13 and 23x17 (tiles crossing the map's borders), 28x51 (what a 180x320 input pools to)
+LOW_CASES = [(1, 1, 1, True), (2, 2, 3, False), (1, 10, 10, True), (1, 11, 13, False), (2, 23, 17, True)]
+LOW_CASES_SLOW = [(1, 28, 51, True)]
+
+
+def low_refs(esa: ESA, v64: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(float64 reference, PyTorch's own result in ``dtype``) of the low-res branch."""
+    with torch.no_grad():
+        return low_res_branch(esa, v64), low_res_branch(copy.deepcopy(esa).to(dtype), v64.to(dtype))
+
+
+def random_v(n: int, h: int, w: int, seed: int = 3) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 16, h, w, generator=g, dtype=torch.float64).to(DEVICE)
+
+
+def check_low(n, h, w, channels_last, dtype, backend, side=None):
+    esa, _ = random_modules()
+    v64 = random_v(n, h, w)
+    ref64, ref_same = low_refs(esa, v64, dtype)
+    wts = pack_esa(esa, dtype)
+    v = guarded(v64.to(dtype), channels_last=channels_last)
+    if backend == "triton":
+        s, _ = low_launch_config(h, w)
+        s = side or s
+        tiles = _common.cdiv(h, s - 6) * _common.cdiv(w, s - 6)
+        scratch = torch.full((n * tiles * 2 * s * s * 16,), NAN, device=DEVICE)  # read only where written
+        c3 = esa_low_triton(v, wts.low_pw, wts.low_dw, wts.low_b, side=side, scratch=scratch)
+        if side is None:
+            assert torch.equal(c3, ops.esa_low(v, wts.low_pw, wts.low_dw, wts.low_b, backend)), "op != launcher"
+    else:
+        c3 = ops.esa_low(v, wts.low_pw, wts.low_dw, wts.low_b, backend)
+    assert c3.shape == (n, 16, h, w) and c3.dtype == dtype
+    assert c3.is_contiguous(memory_format=torch.channels_last)
+    assert_close_to_ref(c3, ref64, dtype, ref_same, name=f"esa_low[{backend}] {n}x{h}x{w}")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("n,h,w,channels_last", LOW_CASES)
+def test_esa_low(n, h, w, channels_last, dtype, backend):
+    check_low(n, h, w, channels_last, dtype, backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("n,h,w,channels_last", LOW_CASES_SLOW)
+def test_esa_low_model_size(n, h, w, channels_last, backend):
+    check_low(n, h, w, channels_last, torch.float16, backend)
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="Triton needs CUDA or TRITON_INTERPRET=1")
+@pytest.mark.parametrize("side", [8, 16, 32])
+def test_esa_low_block_sides(side):
+    """Every block side on one map: 8 (2x2 owned, 6x7 tiles in two images), 16 and 32 (one tile, mostly halo)."""
+    check_low(2, 11, 13, True, torch.float32, "triton", side=side)
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="Triton needs CUDA or TRITON_INTERPRET=1")
+def test_esa_low_wide_index_bit_identical(monkeypatch):
+    """The int64 offset path gives the i32 path's result bit for bit."""
+    esa, _ = random_modules()
+    wts = pack_esa(esa, torch.float16)
+    v = guarded(random_v(2, 11, 13).half())
+    narrow = ops.esa_low(v, wts.low_pw, wts.low_dw, wts.low_b, "triton")
+    monkeypatch.setattr(_common, "FORCE_WIDE_INDEX", True)
+    assert torch.equal(ops.esa_low(v, wts.low_pw, wts.low_dw, wts.low_b, "triton"), narrow)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_esa_low_nan_propagates(backend):
+    """A NaN in v reaches exactly the c3 pixels whose 7x7 receptive field holds it, like the reference."""
+    esa, _ = random_modules()
+    v = random_v(1, 11, 13).float()
+    v[0, 3, 5, 0] = NAN  # at the left border: the zero padding must not hide it or spread it
+    wts = pack_esa(esa, torch.float32)
+    c3 = ops.esa_low(v, wts.low_pw, wts.low_dw, wts.low_b, backend)
+    with torch.no_grad():
+        ref = low_res_branch(esa, v.double())
+    assert torch.equal(torch.isnan(c3), torch.isnan(ref)) and torch.isnan(c3).any()
+
+
 # (N, H, W, channels_last, Cbuf, out_offset, with_cca)
 APPLY_CASES = [
     (1, 15, 15, False, 64, 0, True),  # standalone: a fresh [N, 64, H, W] buffer
@@ -139,22 +233,26 @@ def test_esa_apply(n, h, w, channels_last, cbuf, offset, with_cca, dtype, backen
     wts = pack_esa(esa, dtype)
     cw = pack_cca(cca) if with_cca else (None,) * 4
     out = poisoned(n, cbuf, h, w, dtype, channels_last)
-    s = ops.esa_apply(
+    scales = torch.full((n, cbuf), NAN, device=DEVICE)  # the model's [N, 6·64] scales: s lands in a slice
+    scale = scales[:, offset : offset + 64] if with_cca else None
+    # block 1 of a two-block workspace (the model's one allocation): its own counters, zeroed
+    workspace = apply_workspaces(2, n, h, w, dtype, "ieee", DEVICE)[1] if with_cca and offset else (None, None)
+    ret = ops.esa_apply(
         guarded(t.to(dtype), channels_last=channels_last),
         guarded(c3.to(dtype), channels_last=not channels_last),
         wts.wf, wts.bf, wts.w4, wts.b4,
-        out, offset, *cw, backend,
+        out, offset, *cw, scale, *workspace, backend,
     )  # fmt: skip
+    assert ret is None
     untouched = torch.cat([out[:, :offset], out[:, offset + 64 :]], dim=1)
     assert torch.isnan(untouched).all(), "esa_apply wrote outside its channel slice"
     u = out[:, offset : offset + 64]
     assert torch.isfinite(u).all()
     assert_close_to_ref(u, u64, dtype, u_same, name=f"esa_apply u[{backend}]")
     if with_cca:
-        assert s.shape == (n, 64) and s.dtype == torch.float32
-        assert_close_to_ref(s, s64, dtype, s_same, name=f"esa_apply s[{backend}]")
-    else:
-        assert s.shape == (0,) and s.dtype == torch.float32
+        others = torch.cat([scales[:, :offset], scales[:, offset + 64 :]], dim=1)
+        assert torch.isnan(others).all(), "esa_apply wrote outside its scale slice"
+        assert_close_to_ref(scale, s64, dtype, s_same, name=f"esa_apply s[{backend}]")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -171,7 +269,8 @@ def test_esa_cca_composed(dtype, backend):
     v = ops.esa_pool(guarded(pre_map(esa, t).to(dtype)), wts.pool_dw, wts.pool_b, backend)
     c3 = low_res_branch(esa, v.double()).to(dtype)
     out = poisoned(n, 128, h, w, dtype, channels_last=True)
-    s = ops.esa_apply(td, c3, wts.wf, wts.bf, wts.w4, wts.b4, out, 64, *pack_cca(cca), backend)
+    s = torch.full((n, 64), NAN, device=DEVICE)
+    ops.esa_apply(td, c3, wts.wf, wts.bf, wts.w4, wts.b4, out, 64, *pack_cca(cca), s, None, None, backend)
     y = out[:, 64:].double() * s.double()[:, :, None, None]
     assert_close_to_ref(y, ref64, dtype, ref_same, name=f"cca(esa(t))[{backend}]")
 
@@ -184,10 +283,11 @@ def test_apply_deterministic_and_tiling():
     wts, cw = pack_esa(esa, torch.float32), pack_cca(cca)
     args = (guarded(t.float()), c3.float(), wts.wf, wts.bf, wts.w4, wts.b4)
     out = poisoned(n, 64, h, w, torch.float32, channels_last=True)
-    first = ops.esa_apply(*args, out, 0, *cw, "triton")  # 1160 pixels: 10 tiles of 128, one merge chunk
+    first = esa_apply(*args[:2], wts, out, 0, cw, backend="triton")  # 1160 pixels: 18 tiles of 64 (fp32 IEEE)
     u_first = out.clone()
-    for _ in range(2):
-        assert torch.equal(ops.esa_apply(*args, out, 0, *cw, "triton"), first)
+    for workspace in apply_workspaces(2, n, h, w, torch.float32, "ieee", DEVICE):  # views of one allocation
+        assert torch.equal(esa_apply(*args[:2], wts, out, 0, cw, backend="triton", workspace=workspace), first)
+    assert torch.equal(out, u_first)
     out2 = poisoned(n, 64, h, w, torch.float32, channels_last=False)
     fine = esa_apply_triton(*args, out2, 0, *cw, block_p=32, block_t=4)  # 37 tiles in 10 merge chunks
     assert torch.equal(esa_apply_triton(*args, out2, 0, *cw, block_p=32, block_t=4), fine)
@@ -204,18 +304,23 @@ def test_entry_points(backend):
     a = pre_map(esa, t).float()
     v = esa_pool(a, pack, backend=backend)
     torch.testing.assert_close(v, ops.esa_pool(a, pack.pool_dw, pack.pool_b, backend), rtol=0, atol=0)
+    low = esa_low(v, pack, backend=backend)
+    torch.testing.assert_close(low, ops.esa_low(v, pack.low_pw, pack.low_dw, pack.low_b, backend), rtol=0, atol=0)
     out = poisoned(1, 64, 15, 15, torch.float32, channels_last=True)
     s = esa_apply(t.float(), c3.float(), pack, out, 0, cca=pack_cca(cca), precision="ieee", backend=backend)
     assert_close_to_ref(out, u64, torch.float32, name="esa_apply entry point u")
     assert_close_to_ref(s, s64, torch.float32, name="esa_apply entry point s")
     assert esa_apply(t.float(), c3.float(), pack, out, backend=backend).shape == (0,)
+    scale = torch.full((1, 64), NAN, device=DEVICE)
+    got = esa_apply(t.float(), c3.float(), pack, out, cca=pack_cca(cca), backend=backend, scale=scale)
+    assert got is scale and torch.equal(scale, s)
 
 
 def test_pack_esa_matches_module():
     esa, _ = random_modules()
     t = random_t(1, 9, 7)
     wts = [p.double() for p in pack_esa(esa, torch.float32)]
-    pool_dw, pool_b, wf, bf, w4, b4 = wts
+    pool_dw, pool_b, wf, bf, w4, b4, low_pw, low_dw, low_b = wts
     a = pre_map(esa, t)
     dw_ref = F.conv2d(a, pool_dw.t().reshape(16, 1, 3, 3), pool_b, stride=2, groups=16)
     assert rel_error(dw_ref, esa.conv2.dw(a)) < 1e-6
@@ -224,8 +329,14 @@ def test_pack_esa_matches_module():
     z = torch.randn(1, 16, 5, 4, dtype=torch.float64, device=DEVICE)
     c4 = torch.einsum("nfhw,fc->nchw", z, w4) + b4[:, None, None]
     assert rel_error(c4, esa.conv4(z)) < 1e-6
+    for k, conv in enumerate((esa.conv_max, esa.conv3, esa.conv3_)):
+        y = torch.einsum("nihw,io->nohw", z, low_pw[k])
+        assert (
+            rel_error(F.conv2d(y, low_dw[k].t().reshape(16, 1, 3, 3), low_b[k], padding=1, groups=16), conv(z)) < 1e-6
+        )
     half = pack_esa(esa, torch.float16)
-    assert half.wf.dtype == half.w4.dtype == torch.float16 and half.bf.dtype == half.pool_dw.dtype == torch.float32
+    assert half.wf.dtype == half.w4.dtype == half.low_pw.dtype == torch.float16
+    assert half.bf.dtype == half.pool_dw.dtype == half.low_dw.dtype == half.low_b.dtype == torch.float32
 
 
 def _apply_args(n=1, h=15, w=15, dtype=torch.float32, cca=True):
@@ -235,7 +346,8 @@ def _apply_args(n=1, h=15, w=15, dtype=torch.float32, cca=True):
     c3 = torch.randn(n, 16, *pooled_size(max(h, 15), max(w, 15)), dtype=dtype, device=DEVICE)
     out = torch.empty(n, 64, h, w, dtype=dtype, device=DEVICE)
     cw = pack_cca(cc) if cca else (None,) * 4
-    return [t, c3, wts.wf, wts.bf, wts.w4, wts.b4, out, 0, *cw, "torch"]
+    scale = torch.empty(n, 64, device=DEVICE) if cca else None
+    return [t, c3, wts.wf, wts.bf, wts.w4, wts.b4, out, 0, *cw, scale, None, None, "torch"]
 
 
 def test_validation():
@@ -274,7 +386,31 @@ def test_validation():
     bad("do not fit", a7=-1)
     bad("out", a6=lambda a: a[6][:, :, :-1])
     bad("all four", a10=None)
-    bad("precision|backend", a12="auto")
+    bad("precision|backend", a15="auto")
+    bad("scale", a12=None)  # the CCA's s needs somewhere to go
+    bad("scale", InputError, a12=lambda a: torch.empty(1, 32, device=DEVICE))
+    bad("scale", InputError, a12=lambda a: torch.empty(1, 64, device=DEVICE).double())
+    bad("pass the CCA weights", cca=False, a12=lambda a: torch.empty(1, 64, device=DEVICE))
+    bad("both", a13=lambda a: torch.empty(1, device=DEVICE))  # partials without counters
+    ws = apply_workspaces(1, 1, 15, 15, torch.float32, "ieee", DEVICE)[0]
+    ops.esa_apply(*_apply_args()[:13], *ws, "torch")  # a workspace of the right size is valid
+    bad("partials", InputError, a13=ws.partials[:-1], a14=ws.counters)  # one element short
+    bad("counters", InputError, a13=ws.partials, a14=ws.counters.float())
+    assert workspace_size(1, 15, 15, torch.float32, "ieee") == cca_workspace_size(1, 4, 32)  # 225 px: 4 tiles of 64
+
+    v = torch.randn(1, 16, 3, 2, device=DEVICE)
+    low = (wts.low_pw, wts.low_dw, wts.low_b)
+    ops.esa_low(v, *low, "torch")  # valid
+    with pytest.raises(ValueError, match="16"):
+        ops.esa_low(torch.randn(1, 8, 3, 2, device=DEVICE), *low, "torch")
+    with pytest.raises(InputError, match="dtype"):
+        ops.esa_low(v.half(), *low, "torch")  # fp16 storage needs fp16 pw
+    with pytest.raises(InputError, match="shape"):
+        ops.esa_low(v, wts.low_pw[:2], *low[1:], "torch")
+    with pytest.raises(InputError, match="precision"):
+        ops.esa_low(v, *low, "torch", "fast")
+    with pytest.raises(ValueError, match="backend"):
+        ops.esa_low(v, *low, "auto")
 
 
 def test_opcheck():
@@ -282,10 +418,15 @@ def test_opcheck():
     wts = pack_esa(esa, torch.float32)
     a = guarded(torch.randn(2, 16, 17, 23, device=DEVICE))
     torch.library.opcheck(ops.esa_pool.default, (a, wts.pool_dw, wts.pool_b, "torch"))
+    v = guarded(torch.randn(2, 16, 3, 4, device=DEVICE))
+    torch.library.opcheck(ops.esa_low.default, (v, wts.low_pw, wts.low_dw, wts.low_b, "torch"))
     for with_cca in (True, False):
         args = _apply_args(n=2, h=17, w=23, cca=with_cca)
         args[6] = torch.zeros(2, 128, 17, 23, device=DEVICE).contiguous(memory_format=torch.channels_last)
         args[7] = 64
+        if with_cca:
+            args[12] = torch.zeros(2, 384, device=DEVICE)[:, 64:128]
+            args[13:15] = apply_workspaces(1, 2, 17, 23, torch.float32, "ieee", DEVICE)[0]
         torch.library.opcheck(ops.esa_apply.default, tuple(args))
 
 
@@ -297,17 +438,18 @@ def test_compile_fullgraph(compiler):
     esa, cca = random_modules()
     wts, cw = pack_esa(esa, torch.float32), pack_cca(cca)
 
-    def fn(t, a, out):
+    def fn(t, a, out, scales):
         v = ops.esa_pool(a, wts.pool_dw, wts.pool_b, "torch")
-        c3 = torch.relu(v) * 0.5  # stands in for the low-res branch
-        s = ops.esa_apply(t, c3, wts.wf, wts.bf, wts.w4, wts.b4, out, 64, *cw, "torch")
-        return v, s
+        c3 = ops.esa_low(v, wts.low_pw, wts.low_dw, wts.low_b, "torch")
+        ops.esa_apply(t, c3, wts.wf, wts.bf, wts.w4, wts.b4, out, 64, *cw, scales[:, 64:], None, None, "torch")
+        return v, c3
 
     t = random_t(2, 17, 23).float()
     a = pre_map(esa, t.double()).float()
-    out_c = torch.zeros(2, 128, 17, 23, device=DEVICE)
-    out_e = out_c.clone()
-    got = torch.compile(fn, fullgraph=True, backend=compiler)(t, a, out_c)
-    ref = fn(t, a, out_e)
+    out_c, scales_c = torch.zeros(2, 128, 17, 23, device=DEVICE), torch.zeros(2, 128, device=DEVICE)
+    out_e, scales_e = out_c.clone(), scales_c.clone()
+    got = torch.compile(fn, fullgraph=True, backend=compiler)(t, a, out_c, scales_c)
+    ref = fn(t, a, out_e, scales_e)
     torch.testing.assert_close(got, ref)
     torch.testing.assert_close(out_c, out_e)
+    torch.testing.assert_close(scales_c, scales_e)

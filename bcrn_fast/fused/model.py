@@ -11,6 +11,7 @@ from bcrn_fast.fused.base import FusedMixin
 from bcrn_fast.fused.modules import FusedBCB, FusedBSConv
 from bcrn_fast.model import BCRN, MIN_SIZE
 from bcrn_fast.ops import bsconv as bsconv_op
+from bcrn_fast.ops import esa as esa_op
 from bcrn_fast.ops._common import ACT_GELU, check_kernel_dtype, empty_nhwc
 from bcrn_fast.validation import check_image_batch
 
@@ -26,10 +27,12 @@ class BCRNFused(FusedMixin, BCRN):
     accumulation). The model is built with ``requires_grad=False`` parameters
     (inference); with gradients required it runs the differentiable reference.
 
-    Dataflow (docs/fused-ops.md): conv1, then per BCB 7 launches writing the
-    pre-CCA maps ``u_k`` into one ``[N, 384, H, W]`` buffer (no concat copy),
-    the CCA scales applied on load by each consumer, conv2 + GELU + residual in
-    one launch and the upsampler with its pixel shuffle in one launch.
+    Dataflow (docs/fused-ops.md): conv1, then per BCB 5 launches writing the
+    pre-CCA maps ``u_k`` into one ``[N, 384, H, W]`` buffer (no concat copy) and
+    their CCA scales ``s_k`` into one ``[N, 384]`` fp32 tensor (no cat; one
+    zero fill of the six merges' counters per forward), the CCA scales applied
+    on load by each consumer, conv2 + GELU + residual and the upsampler with
+    its pixel shuffle.
     """
 
     def __init__(
@@ -74,12 +77,14 @@ class BCRNFused(FusedMixin, BCRN):
         c = self.conv1.pw.out_channels
         f0 = self.conv1.run(x)
         feats = empty_nhwc(n, c * self.num_blocks, h, w, x.dtype, x.device)  # u_1..u_6, never concatenated
-        inp, in_scale, scales = f0, None, []
+        scales = torch.empty((n, c * self.num_blocks), dtype=torch.float32, device=x.device)  # s_1..s_6, no cat
+        # the six CCA merges' workspace: one allocation, one zero fill of its counters per forward
+        workspaces = esa_op.apply_workspaces(self.num_blocks, n, h, w, x.dtype, self.precision, x.device)
+        inp, in_scale = f0, None
         for k, block in enumerate(self.blocks()):
-            s = block.run(inp, in_scale, feats, k * c)
+            s = block.run(inp, in_scale, feats, k * c, scale=scales[:, k * c : (k + 1) * c], workspace=workspaces[k])
             inp, in_scale = feats[:, k * c : (k + 1) * c], s
-            scales.append(s)
-        g = self.conv2.run(feats, in_scale=torch.cat(scales, dim=1), residual=f0, act=ACT_GELU)
+        g = self.conv2.run(feats, in_scale=scales, residual=f0, act=ACT_GELU)
         return bsconv_op.bsconv_packed(g, self._packed(x.dtype), precision=self.precision, backend=self._backend_for(x))
 
 

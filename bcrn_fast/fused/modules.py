@@ -6,8 +6,9 @@ arguments, parameter names/shapes and state-dict keys are the reference's own
 keyword arguments and ``from_reference(module)`` (shares the weights).
 
 Launches per forward (Triton backend): FusedBSConv 1, FusedConvNeXtBlock 1,
-FusedCCA 2 (statistics + MLP + sigmoid, then the scale), FusedESA 6,
-FusedBCB 8 (7 inside BCRNFused, where the consumer applies the CCA scale).
+FusedCCA 2 (statistics + MLP + sigmoid, then the scale) + the counters' zero
+fill, FusedESA 4, FusedBCB 6 + the zero fill (5 inside BCRNFused, where the
+consumer applies the CCA scale and one zero fill serves all six blocks).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from bcrn_fast.ops import bsconv as bsconv_op
 from bcrn_fast.ops import cca as cca_op
 from bcrn_fast.ops import convnext as convnext_op
 from bcrn_fast.ops import esa as esa_op
-from bcrn_fast.ops._common import ACT_NONE, ACT_RELU, check_kernel_dtype, empty_nhwc
+from bcrn_fast.ops._common import ACT_NONE, check_kernel_dtype, empty_nhwc
 from bcrn_fast.validation import check_feature_map
 
 
@@ -165,24 +166,18 @@ class FusedCCA(FusedMixin, CCALayer):
 
 
 class FusedESA(FusedMixin, ESA):
-    """Enhanced spatial attention in 6 launches (5 inside a fused block).
+    """Enhanced spatial attention in 4 launches (3 inside a fused block).
 
     pre-map ``a = pw2·conv1(x)`` (1 launch, or the ConvNeXt epilogue in a block),
-    stride-2 depthwise + 7/3 max-pool (1), three BSConv 3x3 on the H/6 map (3),
-    and the apply kernel: bilinear upsample gathered on the fly, folded
+    stride-2 depthwise + 7/3 max-pool (1), the three BSConv 3x3 on the H/6 map
+    (1: ``esa_low``, their weights packed from the ``conv_max``/``conv3``/``conv3_``
+    children), and the apply kernel: bilinear upsample gathered on the fly, folded
     ``conv_f∘conv1`` and ``conv4``, sigmoid and multiply (1).
     """
 
     def __init__(self, channels: int = 64, *, backend: str = "auto", precision: str = "ieee") -> None:
         super().__init__(channels)
         self._init_fused(backend, precision)
-        self._adopt_children()
-
-    def _adopt_children(self) -> None:
-        for name in ("conv_max", "conv3", "conv3_"):
-            child = self._modules[name]
-            if not isinstance(child, FusedBSConv):
-                self._modules[name] = FusedBSConv.from_reference(child, self.backend, self.precision)
 
     def _pack(self, dtype: torch.dtype) -> ESAPacks:
         pre = convnext_op.pack_esa_pre(self, dtype)
@@ -200,25 +195,40 @@ class FusedESA(FusedMixin, ESA):
         self.run(x, a, out, 0)
         return out
 
-    def run(self, t: torch.Tensor, a: torch.Tensor, out: torch.Tensor, offset: int, cca: Any = None) -> torch.Tensor:
+    def low(self, v: torch.Tensor) -> torch.Tensor:
+        """The low-resolution branch ``conv3_(relu(conv3(relu(conv_max(v)))))`` of the pooled map, one launch."""
+        return esa_op.esa_low(v, self._packed(v.dtype).esa, precision=self.precision, backend=self._backend_for(v))
+
+    def run(
+        self,
+        t: torch.Tensor,
+        a: torch.Tensor,
+        out: torch.Tensor,
+        offset: int,
+        cca: Any = None,
+        scale: torch.Tensor | None = None,
+        workspace: Any = None,
+    ) -> torch.Tensor:
         """ESA from the pre-map ``a``; writes ``t ⊙ m`` into ``out[:, offset:offset+C]``.
 
-        Returns the CCA scale ``s [N, C]`` when ``cca`` (packed CCA weights) is given.
+        With ``cca`` (packed CCA weights) writes the CCA scale ``s [N, C]`` into ``scale`` (fresh when None)
+        and returns it, merging in ``workspace`` (``ops.esa.apply_workspaces``; fresh when None).
         """
         backend = self._backend_for(t)
         pack = self._packed(t.dtype).esa
         v = esa_op.esa_pool(a, pack, backend=backend)
-        v = self.conv_max.run(v, act=ACT_RELU)
-        v = self.conv3.run(v, act=ACT_RELU)
-        c3 = self.conv3_.run(v)
-        return esa_op.esa_apply(t, c3, pack, out, offset, cca=cca, precision=self.precision, backend=backend)
+        c3 = self.low(v)
+        return esa_op.esa_apply(
+            t, c3, pack, out, offset, cca=cca, precision=self.precision, backend=backend, scale=scale,
+            workspace=workspace,
+        )  # fmt: skip
 
 
 class FusedBCB(FusedMixin, BluePrintShortcutBlock):
-    """One BCB ``cca(esa(convNext(conv(x))))`` in 8 launches (7 inside BCRNFused).
+    """One BCB ``cca(esa(convNext(conv(x))))`` in 6 launches + a counter fill (5 inside BCRNFused).
 
     With ``backend="cuda"`` the BSConv and the ConvNeXt block run as one CUDA
-    kernel (``bcb_front``), so a block is 7 launches (6 inside BCRNFused); the
+    kernel (``bcb_front``), so a block is 5 launches (4 inside BCRNFused); the
     ESA ops, which have no CUDA kernel, run on Triton.
     """
 
@@ -263,7 +273,17 @@ class FusedBCB(FusedMixin, BluePrintShortcutBlock):
             backend=self._backend_for(x),
         )
 
-    def run(self, x: torch.Tensor, in_scale: torch.Tensor | None, out: torch.Tensor, offset: int) -> torch.Tensor:
-        """Block on ``x ⊙ in_scale``; writes the pre-CCA map ``u`` into ``out[:, offset:]``, returns ``s``."""
+    def run(
+        self,
+        x: torch.Tensor,
+        in_scale: torch.Tensor | None,
+        out: torch.Tensor,
+        offset: int,
+        scale: torch.Tensor | None = None,
+        workspace: Any = None,
+    ) -> torch.Tensor:
+        """Block on ``x ⊙ in_scale``; writes the pre-CCA map ``u`` into ``out[:, offset:]`` and its CCA scale
+        ``s`` into ``scale`` (fresh when None), which it returns; ``workspace``: see :meth:`FusedESA.run`."""
         t2, a = self.front(x, in_scale)
-        return self.esa.run(t2, a, out, offset, cca=self.cca._packed(x.dtype))
+        cca = self.cca._packed(x.dtype)
+        return self.esa.run(t2, a, out, offset, cca=cca, scale=scale, workspace=workspace)

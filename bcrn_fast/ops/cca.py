@@ -141,16 +141,37 @@ def check_pixels(hw: int, name: str) -> None:
         raise InputError(f"{name}: {hw} pixels per image, expected at most {MAX_PIXELS} (int32 pixel counts)")
 
 
-def cca_workspace(n: int, tiles: int, device: torch.device, group: int | None = None) -> tuple[Tensor, Tensor]:
+class CCAWorkspace(NamedTuple):
+    """One merge tree's workspace (see :func:`cca_workspace`), good for one launch."""
+
+    partials: Tensor  # fp32 [N·(T + NG)·2·C]: tile partials, then group partials
+    counters: Tensor  # int32 [N·(1 + NG)], zero before the launch: per image, then per group
+
+
+def cca_workspace_size(n: int, tiles: int, group: int) -> tuple[int, int]:
+    """``(partials, counters)`` element counts of the merge tree over ``tiles`` tiles in groups of ``group``."""
+    groups = _common.cdiv(tiles, group)
+    return n * (tiles + groups) * 2 * CHANNELS, n * (1 + groups)
+
+
+def cca_workspaces(
+    blocks: int, n: int, tiles: int, device: torch.device, group: int | None = None
+) -> list[CCAWorkspace]:
+    """``blocks`` workspaces of the merge tree (:func:`cca_workspace`) from one allocation each of partials
+    and counters: one zero fill for all of them (BCRNFused's six ESA/CCA launches per forward)."""
+    size_ws, size_cnt = cca_workspace_size(n, tiles, group or merge_group(tiles))
+    ws = torch.empty((blocks, size_ws), dtype=torch.float32, device=device)
+    cnt = torch.zeros((blocks, size_cnt), dtype=torch.int32, device=device)
+    return [CCAWorkspace(ws[k], cnt[k]) for k in range(blocks)]
+
+
+def cca_workspace(n: int, tiles: int, device: torch.device, group: int | None = None) -> CCAWorkspace:
     """Workspace of the CCA merge tree with ``group`` tiles per group (default :func:`merge_group`).
 
     fp32 partials: ``[N, T, 2, C]`` per tile, then ``[N, NG, 2, C]`` per group, flat;
     zeroed int32 counters: ``[N]`` per image, then ``[N, NG]`` per group (``NG = cdiv(T, group)``).
     """
-    groups = _common.cdiv(tiles, group or merge_group(tiles))
-    ws = torch.empty((n * (tiles + groups) * 2 * CHANNELS,), dtype=torch.float32, device=device)
-    cnt = torch.zeros((n * (1 + groups),), dtype=torch.int32, device=device)
-    return ws, cnt
+    return cca_workspaces(1, n, tiles, device, group)[0]
 
 
 def cca_scale_triton(
