@@ -201,16 +201,11 @@ def count_launch_events(events: Iterable[Any]) -> tuple[int, int]:
     for ev in events:
         name = getattr(ev, "name", "") or ""
         if getattr(ev, "device_type", None) == DeviceType.CUDA:
-            kernels += not name.startswith(("Memcpy", "Memset", "[memory]"))
+            if not name.startswith(("Memcpy", "Memset", "[memory]")):
+                kernels += 1
         elif name in _LAUNCH_APIS:
             launches += 1
     return kernels, launches
-
-
-def _cached(cache: dict, key: Any, make: Callable[[], Any]) -> Any:
-    if key not in cache:
-        cache[key] = make()
-    return cache[key]
 
 
 class Bench:
@@ -229,33 +224,35 @@ class Bench:
     # ------------------------------------------------------------------ shared state
     def reference(self, case: Case) -> tuple[torch.nn.Module, str]:
         """The fp32 reference module for ``case`` on the device, and where its weights came from."""
-
-        def make() -> tuple[torch.nn.Module, str]:
+        key = (case.target, case.scale)
+        if key not in self._references:
             module, source = reference_weights(case.target, case.scale, self.options.seed, self.options.weights)
-            return module.to(self.device), source
-
-        return _cached(self._references, (case.target, case.scale), make)
+            self._references[key] = (module.to(self.device), source)
+        return self._references[key]
 
     def _base(self, case: Case) -> list[torch.Tensor]:
-        make, seed = TARGETS[case.target].make_input, self.options.seed + 1000
-        shape = (case.batch, case.height, case.width)
-        return _cached(
-            self._base_inputs, case.input_key, lambda: [make(*shape, seed + i) for i in range(self.options.n_buffers)]
-        )
+        """``n_buffers`` CPU fp32 inputs of ``case``, shared by its dtypes and scales."""
+        if case.input_key not in self._base_inputs:
+            make, seed = TARGETS[case.target].make_input, self.options.seed + 1000
+            shape = (case.batch, case.height, case.width)
+            self._base_inputs[case.input_key] = [make(*shape, seed + i) for i in range(self.options.n_buffers)]
+        return self._base_inputs[case.input_key]
 
     def inputs(self, case: Case) -> list[torch.Tensor]:
         """``n_buffers`` distinct inputs of ``case`` in its dtype on the device (buffer 0 is verified)."""
-        to = (self.device, DTYPES[case.dtype])
-        return _cached(self._inputs, (case.input_key, case.dtype), lambda: [x.to(*to) for x in self._base(case)])
+        key = (case.input_key, case.dtype)
+        if key not in self._inputs:
+            self._inputs[key] = [x.to(self.device, DTYPES[case.dtype]) for x in self._base(case)]
+        return self._inputs[key]
 
     def reference_output(self, case: Case) -> torch.Tensor:
         """fp32 eager output on input buffer 0 (TF32 off): what every variant is checked against."""
-
-        def make() -> torch.Tensor:
+        key = (*case.input_key, case.scale)
+        if key not in self._ref_out:
+            x = self._base(case)[0].to(self.device, torch.float32)
             with fp32_strict(), torch.inference_mode():
-                return self.reference(case)[0](self._base(case)[0].to(self.device, torch.float32)).detach()
-
-        return _cached(self._ref_out, (*case.input_key, case.scale), make)
+                self._ref_out[key] = self.reference(case)[0](x).detach()
+        return self._ref_out[key]
 
     # ------------------------------------------------------------------ one row
     def skip_reason(self, case: Case, variant: str) -> str | None:

@@ -24,7 +24,7 @@ import torch
 
 from bcrn_fast.benchmarking import timing
 from bcrn_fast.benchmarking.cli import build_cases
-from bcrn_fast.benchmarking.harness import Bench, Options
+from bcrn_fast.benchmarking.harness import Bench, Case, Options
 from bcrn_fast.benchmarking.report import annotate
 from bcrn_fast.benchmarking.variants import ALL_VARIANTS
 
@@ -75,7 +75,7 @@ def make_harness() -> Bench:
     return Bench(Options.quick(**given) if bench_quick(device) else Options(**given))
 
 
-def run_benchmark(benchmark: Any, harness: Bench, case: Any, variant: str) -> None:
+def run_benchmark(benchmark: Any, harness: Bench, case: Case, variant: str) -> None:
     """One row of ``bcrn-fast bench`` (:meth:`Bench.run_one`), timed by pytest-benchmark: SKIPPED rows skip
     with their reason, WRONG and CRASHED rows fail (never timed), OK rows get the report's derived numbers."""
     device, opts, cuda = harness.device, harness.options, harness.device.type == "cuda"

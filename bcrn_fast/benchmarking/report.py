@@ -299,12 +299,12 @@ def markdown(report: dict[str, Any]) -> str:
         "(compile s = build + first call)",
         "- every OK row was verified against the fp32 eager reference (TF32 off) before timing: rel. Frobenius "
         "error <= " + ", ".join(f"{k} {v:.0e}" for k, v in TOLERANCE.items()),
-        f"- roofline peaks ({peaks['name']}): HBM {peaks['hbm_gbps']:.0f} GB/s; dense "
-        + ", ".join(f"{k} {v:g}" for k, v in peaks["tflops"].items())
-        + " TFLOP/s"
-        if peaks
-        else "- roofline peaks: n/a on this device (floors and % of floor not computed)",
     ]
+    if peaks:
+        tflops = ", ".join(f"{k} {v:g}" for k, v in peaks["tflops"].items())
+        lines.append(f"- roofline peaks ({peaks['name']}): HBM {peaks['hbm_gbps']:.0f} GB/s; dense {tflops} TFLOP/s")
+    else:
+        lines.append("- roofline peaks: n/a on this device (floors and % of floor not computed)")
     if not report.get("complete", True):
         lines.append("- **partial report**: the run stopped before every row was measured")
     notes: dict[str, int] = {}
