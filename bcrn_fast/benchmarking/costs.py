@@ -19,6 +19,17 @@ The floor is ``max(FLOPs / peak FLOP/s, bytes / peak bandwidth)`` with the
 datasheet peaks of :data:`GPU_PEAKS` (dense, no sparsity). fp32 rows use the
 fp32 CUDA-core peak: the benchmark runs fp32 with TF32 off (the precision
 contract's ``ieee`` mode). A CPU has no entry: its floor is "n/a".
+
+Per launch (:func:`launch_costs`, the table a GPU profile confirms or refutes):
+the launches one forward makes, as ``python -m bcrn_fast.aot`` records them
+(grid, tensor arguments, per-program SASS instruction counts weighted by loop
+trip counts), each predicted at ``max(bytes / HBM, MMA FLOPs / tensor peak,
+warp instructions / issue rate, MUFU / MUFU rate)``. The issue rate is one warp
+instruction per clock per SM sub-partition (4 per SM), i.e. the fp32 peak / 64
+(one FFMA warp instruction = 32 lanes x 2 FLOPs); MUFU runs 16 lanes per clock
+per SM (CUDA C++ Programming Guide, "Arithmetic Instructions" throughput table,
+compute capability 9.0), 1/8 of that. A launch without SASS counts gets a
+labelled lower-bound estimate instead (:func:`estimate_instructions`).
 """
 
 from __future__ import annotations
@@ -32,14 +43,20 @@ from bcrn_fast.model import NUM_BLOCKS, NUM_FEATURES
 
 __all__ = [
     "GPU_PEAKS",
+    "LaunchCost",
     "Peaks",
     "Roofline",
     "Traffic",
     "count_conv_macs",
     "dtype_size",
     "esa_sizes",
+    "estimate_instructions",
+    "format_launch_costs",
+    "issue_rate",
+    "launch_costs",
     "model_macs",
     "module_macs",
+    "mufu_rate",
     "peaks_for_device",
     "roofline",
     "target_traffic",
@@ -228,7 +245,10 @@ class Peaks:
     tflops: dict[str, float]  # keys: fp32 (CUDA cores), tf32, fp16, bf16 (dense tensor cores)
 
 
-# NVIDIA datasheets (boost clock, dense = half the "with sparsity" figure).
+# NVIDIA datasheets (boost clock, dense = half the "with sparsity" figure). H100 SXM and H200 (SXM): 132 SMs at
+# up to 1.98 GHz, which is what the fp32 figure is (132 x 128 lanes x 2 x 1.98 GHz = 67 TFLOP/s); the H200 has the
+# H100's arithmetic with 4.8 TB/s of HBM3e (/work/.library/device/H200.md; measured there: ~4.3 TB/s copy,
+# ~790 TFLOP/s bf16 on random 8192^3, 132 SMs, SM clock 1980 MHz under load: device/KINDS.md, 2026-10-28).
 GPU_PEAKS: dict[str, Peaks] = {
     "H100 SXM": Peaks("H100 SXM", 3350.0, {"fp32": 67.0, "tf32": 494.7, "fp16": 989.4, "bf16": 989.4}),
     "H100 PCIe": Peaks("H100 PCIe", 2000.0, {"fp32": 51.2, "tf32": 378.0, "fp16": 756.0, "bf16": 756.0}),
@@ -280,3 +300,118 @@ def roofline(flops: float, nbytes: float, dtype: str, peaks: Peaks | None) -> Ro
         return None
     tflops = peaks.tflops[dtype]
     return Roofline(compute_ms=flops / (tflops * 1e12) * 1e3, memory_ms=nbytes / (peaks.hbm_gbps * 1e9) * 1e3)
+
+
+# --------------------------------------------------------------------------- per-launch prediction
+def issue_rate(peaks: Peaks) -> float:
+    """Warp instructions per second the whole GPU issues: 4 per SM per clock = fp32 FLOP/s / 64."""
+    return peaks.tflops["fp32"] * 1e12 / 64
+
+
+def mufu_rate(peaks: Peaks) -> float:
+    """MUFU (special function) warp instructions per second: 16 lanes per SM per clock, 1/8 of :func:`issue_rate`."""
+    return issue_rate(peaks) / 8
+
+
+def estimate_instructions(nbytes: float, mma_flops: float) -> dict[str, float]:
+    """A lower bound on warp instructions when no SASS counts exist (labelled ``est`` in the tables): every byte
+    moved by a 16-byte vector access of one thread (512 B per warp instruction, loads and stores alike) and every
+    MMA FLOP by an m16n8k16 HMMA (4096 FLOPs per warp instruction); no address or elementwise arithmetic."""
+    mem = nbytes / 512
+    tensor = mma_flops / 4096
+    return {"tensor": tensor, "ldg": mem, "total": mem + tensor}
+
+
+@dataclass(frozen=True)
+class LaunchCost:
+    """One launch's predicted cost: what it moves and issues, and the floor each resource sets on one GPU."""
+
+    kernel: str
+    programs: int
+    nbytes: float  # ideal DRAM bytes: each distinct tensor argument moved once
+    mma_flops: float  # tensor-core (or, for fp32 IEEE dots, FMA) FLOPs of the launch's tl.dot work
+    instructions: dict[str, float]  # warp instructions per class, whole launch ("total", "mufu", "tensor", ...)
+    source: str  # "sass": counted from the cubin; "est": estimate_instructions
+    memory_us: float
+    mma_us: float
+    issue_us: float
+    mufu_us: float
+
+    @property
+    def predicted_us(self) -> float:
+        return max(self.memory_us, self.mma_us, self.issue_us, self.mufu_us)
+
+    @property
+    def bound(self) -> str:
+        floors = {"memory": self.memory_us, "mma": self.mma_us, "issue": self.issue_us, "mufu": self.mufu_us}
+        return max(floors, key=floors.get)
+
+
+def launch_costs(launches: list[dict], peaks: Peaks, dtype: str = "fp16") -> list[LaunchCost]:
+    """Predicted cost of each recorded launch (``python -m bcrn_fast.aot``'s ``launches`` rows of one arch and
+    forward: ``kernel``, ``programs``, ``bytes``, ``per_program`` warp instructions, ``mma_flops`` or
+    ``dot_flops`` per program) on ``peaks``; ``dtype`` picks the tensor-core peak."""
+    rows = []
+    for launch in launches:
+        programs = int(launch["programs"])
+        # SASS MMA FLOPs where counted (0 for fp32 IEEE dots, which are FFMA instructions), else the TTIR dots'
+        flops = launch.get("mma_flops")
+        mma_flops = float(launch.get("dot_flops") or 0.0 if flops is None else flops) * programs
+        per_program = launch.get("per_program")
+        if per_program:
+            instructions, source = {k: float(v) * programs for k, v in per_program.items()}, "sass"
+        else:
+            instructions, source = estimate_instructions(float(launch["bytes"]), mma_flops), "est"
+        rows.append(
+            LaunchCost(
+                kernel=launch["kernel"],
+                programs=programs,
+                nbytes=float(launch["bytes"]),
+                mma_flops=mma_flops,
+                instructions=instructions,
+                source=source,
+                memory_us=launch["bytes"] / (peaks.hbm_gbps * 1e9) * 1e6,
+                mma_us=mma_flops / (peaks.tflops[dtype] * 1e12) * 1e6,
+                issue_us=instructions.get("total", 0.0) / issue_rate(peaks) * 1e6,
+                mufu_us=instructions.get("mufu", 0.0) / mufu_rate(peaks) * 1e6,
+            )
+        )
+    return rows
+
+
+def format_launch_costs(launches: list[dict], peaks: list[Peaks], dtype: str = "fp16") -> str:
+    """Markdown: one row per launch with bytes, MMA FLOPs, instructions and each GPU's floors, plus the sum."""
+    per_gpu = [launch_costs(launches, pk, dtype) for pk in peaks]
+    head = "| # | kernel | programs | DRAM MB | MMA GFLOP | warp inst M (MUFU M) | src |"
+    sep = "| ---: | --- | ---: | ---: | ---: | ---: | --- |"
+    for pk in peaks:
+        head += f" {pk.name}: mem / mma / issue / mufu µs | {pk.name} predicted µs |"
+        sep += " ---: | ---: |"
+    lines = [head, sep]
+    for i, base in enumerate(per_gpu[0]):
+        row = (
+            f"| {i + 1} | {base.kernel} | {base.programs} | {base.nbytes / 1e6:.1f} | {base.mma_flops / 1e9:.2f} | "
+            f"{base.instructions.get('total', 0) / 1e6:.2f} ({base.instructions.get('mufu', 0) / 1e6:.2f}) | "
+            f"{base.source} |"
+        )
+        for rows in per_gpu:
+            c = rows[i]
+            row += (
+                f" {c.memory_us:.1f} / {c.mma_us:.1f} / {c.issue_us:.1f} / {c.mufu_us:.1f} | "
+                f"**{c.predicted_us:.1f}** ({c.bound}) |"
+            )
+        lines.append(row)
+    total = (
+        f"| | **sum** | {sum(c.programs for c in per_gpu[0])} | {sum(c.nbytes for c in per_gpu[0]) / 1e6:.1f} | "
+        f"{sum(c.mma_flops for c in per_gpu[0]) / 1e9:.2f} | "
+        f"{sum(c.instructions.get('total', 0) for c in per_gpu[0]) / 1e6:.2f} "
+        f"({sum(c.instructions.get('mufu', 0) for c in per_gpu[0]) / 1e6:.2f}) | |"
+    )
+    for rows in per_gpu:
+        total += (
+            f" {sum(c.memory_us for c in rows):.1f} / {sum(c.mma_us for c in rows):.1f} / "
+            f"{sum(c.issue_us for c in rows):.1f} / {sum(c.mufu_us for c in rows):.1f} | "
+            f"**{sum(c.predicted_us for c in rows):.1f}** |"
+        )
+    lines.append(total)
+    return "\n".join(lines)
