@@ -15,6 +15,7 @@ from typing import NamedTuple
 import pytest
 import torch
 import torch.nn.functional as F
+from bcrn_fast.kernels.bsconv import dataflow
 from torch import nn
 
 from bcrn_fast import model as M
@@ -194,6 +195,23 @@ def test_pixel_shuffle_store_matches_nn_pixelshuffle():
         y_shuf = bsconv_triton(BSConvArgs(x, *packed[:3], None, None, 3, 1, 1, 0, r))
         torch.testing.assert_close(y_shuf, nn.PixelShuffle(r)(y_plain), rtol=0, atol=0)
         assert y_shuf.is_contiguous() and y_shuf.shape == (1, 3, 9 * r, 7 * r)
+
+
+@pytest.mark.parametrize(
+    "cin, cout, k, plan",
+    [
+        (3, 64, 3, "im2col"),  # conv1: the 27 (tap, channel) pairs are one 32-wide K chunk
+        (64, 64, 3, "implicit"),  # the BCB BSConv: per-tap folded weights, in-place accumulation
+        (16, 16, 3, "implicit"),  # ESA's low-resolution convs
+        (64, 16, 1, "implicit"),  # a 1x1 BSConv is one GEMM
+        (384, 64, 3, "two_pass"),  # conv2: a 6-chunk GEMM would repeat per tap
+        (64, 48, 3, "two_pass"),  # the x4 upsampler: 48 outputs padded to 64 per tap
+        (64, 27, 3, "two_pass"),  # the x3 upsampler
+    ],
+)
+def test_dataflow_per_shape(cin, cout, k, plan):
+    """Which form each BCRN BSConv takes on Triton (kernels/bsconv.py header: MACs per pixel of each)."""
+    assert dataflow(cin, cout, k) == plan
 
 
 def test_op_dispatch_triton_matches_launcher():

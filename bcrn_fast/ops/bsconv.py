@@ -1,11 +1,15 @@
 """Fused BSConvU: pointwise 1x1 + depthwise KxK (+ scale on load, activation,
-residual, pixel-shuffle store) in one launch.
+residual, pixel-shuffle store).
 
     y[n, o, q] = act(b[o] + Σ_tap dw[tap, o] · Σ_i pw_t[i, o] · s[n, i] · x[n, i, q·stride − pad + tap]) + res[n, o, q]
 
 with zero padding outside the image; when ``shuffle = r > 1`` channel
 ``o = c·r² + i·r + j`` of pixel ``q`` lands at ``y[n, c, r·qh + i, r·qw + j]``
-(``nn.PixelShuffle(r)``) and ``res`` is given in that output layout.
+(``nn.PixelShuffle(r)``) and ``res`` is given in that output layout. On Triton
+it is one launch (implicit GEMM with per-tap folded weights, or im2col for
+conv1), or two where the pointwise GEMM is wide or padded (conv2, the
+upsampler): pointwise once per pixel, then the depthwise taps
+(``kernels.bsconv.dataflow``).
 
 Layers: the weight packing (:func:`pack_bsconv` / :func:`pack_upsampler`), the
 contract check :func:`check_bsconv_args`, three backends with one signature
@@ -202,17 +206,15 @@ def check_bsconv_args(a: BSConvArgs) -> None:
 # --------------------------------------------------------------------------- launch config
 
 
-def _launch_config(
-    hw: int, cout_pad: int, block_k: int, dtype: torch.dtype, precision: str, wide_index: bool = False
-) -> tuple[int, int, int, int]:
-    """(BLOCK_P, BLOCK_K, num_warps, num_stages): the ``CONFIGS`` table of ``kernels/bsconv.py``.
+def _launch_config(*args: object, **kwargs: object) -> tuple[int, int, int, int]:
+    """(BLOCK_P, BLOCK_K, num_warps, num_stages): ``launch_config`` of ``kernels/bsconv.py``, its ``CONFIGS`` table.
 
     Every row there comes from ptxas resource usage of the AOT-compiled kernel
     (``python -m bcrn_fast.aot``), its reason in the row's ``why``.
     """
     from bcrn_fast.kernels.bsconv import launch_config
 
-    return launch_config(hw, cout_pad, block_k, dtype, precision, wide_index)
+    return launch_config(*args, **kwargs)  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------- backends
@@ -250,29 +252,54 @@ def bsconv_torch(a: BSConvArgs, out: torch.Tensor | None = None) -> torch.Tensor
 
 
 def bsconv_triton(a: BSConvArgs, out: torch.Tensor | None = None) -> torch.Tensor:
-    """Launch the fused Triton kernel (one launch); ``out`` (optional) is written in place."""
+    """Launch the Triton kernels; ``out`` (optional) is written in place.
+
+    One launch (implicit GEMM or im2col), or two for the two-pass form (pointwise
+    once per pixel into ``z``, then the depthwise taps): ``kernels.bsconv.dataflow``.
+    """
+    from bcrn_fast.kernels.bsconv import dataflow
+
+    x = a.x
+    if out is None:
+        out = _alloc_out(a)
+    else:
+        _common.check_tensor(out, "out", _out_shape(a), x.dtype, x.device)
+    if out.numel() == 0:
+        return out
+    n, cin, h, w = x.shape
+    cout = a.pw_t.shape[1]
+    plan = dataflow(cin, cout, a.ksize)
+    if plan != "two_pass":
+        _launch_gemm(a, out, im2col=plan == "im2col")
+        return out
+    z = _common.empty_nhwc(n, cout, h, w, dtype=x.dtype, device=x.device)
+    _launch_gemm(
+        a._replace(residual=None, ksize=1, stride=1, padding=0, act=_common.ACT_NONE, shuffle=0), z, pw_only=True
+    )
+    _launch_depthwise(a, z, out)
+    return out
+
+
+def _launch_gemm(a: BSConvArgs, out: torch.Tensor, im2col: bool = False, pw_only: bool = False) -> None:
+    """``bsconv_kernel`` over ``a`` into ``out`` (the one-pass forms, or the pointwise pass: ``pw_only``)."""
     import triton
 
     from bcrn_fast.kernels.bsconv import bsconv_kernel
 
     x, in_scale, residual = a.x, a.in_scale, a.residual
-    if out is None:
-        out = _alloc_out(a)
-    else:
-        _common.check_tensor(out, "out", _out_shape(a), x.dtype, x.device)
     n, cin, h, w = x.shape
     cout = a.pw_t.shape[1]
     ho, wo = _out_hw(h, w, a.ksize, a.stride, a.padding)
-    if out.numel() == 0:
-        return out
-
     pw_t, dw, bias = a.pw_t.contiguous(), a.dw.contiguous(), a.bias.contiguous()
-    block_k = min(_common.next_pow2(cin), 64)
+    gemm_k = a.ksize * a.ksize * cin if im2col else cin
+    block_k = max(min(_common.next_pow2(gemm_k), 64), 16)
     cout_pad = _common.next_pow2(cout)
     wide_index = _common.needs_wide_index(x, residual, out)
-    block_p, block_k, num_warps, num_stages = _launch_config(
-        ho * wo, cout_pad, block_k, x.dtype, a.precision, wide_index
+    block_p, block_k_cfg, num_warps, num_stages = _launch_config(
+        ho * wo, cout_pad, block_k, x.dtype, a.precision, wide_index, pw_only
     )
+    if not im2col:  # the im2col form needs all K²·Cin columns in its one chunk
+        block_k = block_k_cfg
     grid = (triton.cdiv(ho * wo, block_p), n)
     s = in_scale if in_scale is not None else bias  # dummy pointer, never read
     s_strides = in_scale.stride() if in_scale is not None else (0, 0)
@@ -285,13 +312,36 @@ def bsconv_triton(a: BSConvArgs, out: torch.Tensor | None = None) -> torch.Tenso
             cin, cout, h, w, ho, wo,
             *x.stride(), *s_strides, *res.stride(), *out.stride(),
             KSIZE=a.ksize, STRIDE=a.stride, PAD=a.padding, ACT=a.act, SHUFFLE=max(a.shuffle, 1),
-            HAS_SCALE=in_scale is not None, HAS_RES=residual is not None,
+            HAS_SCALE=in_scale is not None, HAS_RES=residual is not None, IM2COL=im2col, PW_ONLY=pw_only,
             BLOCK_P=block_p, BLOCK_K=block_k, COUT_PAD=cout_pad, PRECISION=dot_precision,
             DOT_IN_FP32=backends.interpreter_enabled() and x.dtype == torch.bfloat16,
             WIDE_INDEX=wide_index,
             num_warps=num_warps, num_stages=num_stages,
         )  # fmt: skip
-    return out
+
+
+def _launch_depthwise(a: BSConvArgs, z: torch.Tensor, out: torch.Tensor) -> None:
+    """``depthwise_kernel``: the taps, bias, activation, residual and shuffle store of ``a`` from ``z``."""
+    import triton
+
+    from bcrn_fast.kernels.bsconv import depthwise_kernel, dw_launch_config
+
+    n, c, h, w = z.shape
+    ho, wo = _out_hw(h, w, a.ksize, a.stride, a.padding)
+    residual = a.residual
+    c_pad = _common.next_pow2(c)
+    block_p, num_warps = dw_launch_config(ho * wo, c_pad)
+    res = residual if residual is not None else out  # dummy pointer, never read
+    with _common.device_guard(z):
+        depthwise_kernel[(triton.cdiv(ho * wo, block_p), n)](
+            z, a.dw.contiguous(), a.bias.contiguous(), res, out,
+            c, h, w, ho, wo,
+            *z.stride(), *res.stride(), *out.stride(),
+            KSIZE=a.ksize, STRIDE=a.stride, PAD=a.padding, ACT=a.act, SHUFFLE=max(a.shuffle, 1),
+            HAS_RES=residual is not None, BLOCK_P=block_p, C_PAD=c_pad,
+            WIDE_INDEX=_common.needs_wide_index(z, residual, out),
+            num_warps=num_warps,
+        )  # fmt: skip
 
 
 def bsconv_cuda(a: BSConvArgs, out: torch.Tensor | None = None) -> torch.Tensor:
