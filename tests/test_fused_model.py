@@ -126,6 +126,7 @@ def test_fuse_in_place_inside_a_container():
 NO_KERNEL_OPS = {
     "aten::empty",
     "aten::empty_strided",
+    "aten::new_empty",
     "aten::as_strided",
     "aten::slice",
     "aten::select",
