@@ -1148,14 +1148,15 @@ def format_summary(runs: list[dict]) -> str:
 
 HEADER = """# Ahead-of-time compile report (Triton kernels, {archs})
 
-Regenerate (CPU only, `TRITON_INTERPRET` unset; ~5-10 min per Triton version on 2 cores):
+Regenerate (CPU only, `TRITON_INTERPRET` unset; 8-16 min per Triton version on a loaded 2-core host):
 
-    python -m bcrn_fast.aot --json /tmp/aot-3.9.json          # CI's Triton (.venv)
-    $REHEARSE_VENV/bin/python -m bcrn_fast.aot --json /tmp/aot-3.6.json   # GPU image's Triton 3.6
-    python -m bcrn_fast.aot --merge /tmp/aot-3.6.json /tmp/aot-3.9.json \\
+    python -m bcrn_fast.aot --archs 80,86,90 --json /tmp/aot-3.9.json                   # CI's Triton (.venv)
+    $REHEARSE_VENV/bin/python -m bcrn_fast.aot --archs 80,86,90 --json /tmp/aot-3.6.json  # the GPU image's 3.6
+    python -m bcrn_fast.aot --merge /tmp/aot-3.6.json /tmp/aot-3.9.json --note "..." \\
         --baseline benchmarks/results/aot-instructions-b521655.json --markdown docs/aot-report.md
 
-(`$REHEARSE_VENV`: the venv `benchmarks/gpu_check.sh --rehearse` builds, `~/.cache/bcrn_rehearse/venv-<pin hash>`.)
+(`$REHEARSE_VENV`: the venv `benchmarks/gpu_check.sh --rehearse` builds, `~/.cache/bcrn_rehearse/venv-<pin hash>`;
+`--forward-only` compiles just the forwards' launches, ~1 min, for the instruction tables alone.)
 
 Generated on a CPU-only machine by `python -m bcrn_fast.aot` (one run per Triton version, merged with
 `--merge`); `tests/test_aot.py` re-runs it in CI
