@@ -603,7 +603,7 @@ class Recorder:
     def __init__(self, archs: tuple[int, ...]) -> None:
         self.archs = archs
         self.reports: list[KernelReport] = []
-        self.rows_hit: set[tuple[str, int]] = set()  # (kernel file, row of its CONFIGS) the launchers looked up
+        self.rows_hit: set[tuple[str, str, int]] = set()  # (kernel file, table, row) the launchers looked up
         self.phase: str | None = None  # while set, every launch is logged in ``launches`` under this name
         self.launches: list[dict] = []
         # key -> [report index, cubin, TTIR, SASS]: the SASS is disassembled at the first logged launch only
@@ -719,28 +719,37 @@ def _triton_on_any_device() -> Iterator[None]:
         backends.triton_can_run = original
 
 
-CONFIG_TABLES = ("bsconv", "convnext", "cca", "esa")  # kernels/<name>.py files with a CONFIGS table
+CONFIG_TABLES = ("bsconv", "convnext", "cca", "esa")  # kernels/<name>.py files with *CONFIGS tables
 
 
-def config_rows() -> list[tuple[str, int, object]]:
-    """Every launch-configuration row: (kernel file, index, ``Rule``) of each ``CONFIGS`` table."""
-    rows = []
-    for name in CONFIG_TABLES:
-        table = importlib.import_module(f"bcrn_fast.kernels.{name}").CONFIGS
-        rows += [(name, i, rule) for i, rule in enumerate(table)]
-    return rows
+def _tables(name: str) -> dict[str, tuple]:
+    """The launch-configuration tables of ``kernels/<name>.py``: every module-level ``*CONFIGS`` tuple."""
+    module = importlib.import_module(f"bcrn_fast.kernels.{name}")
+    return {attr: v for attr, v in vars(module).items() if attr.endswith("CONFIGS") and isinstance(v, tuple)}
+
+
+def config_rows() -> list[tuple[str, str, int, object]]:
+    """Every launch-configuration row: (kernel file, table, index, ``Rule``) of each ``*CONFIGS`` table."""
+    return [
+        (name, attr, i, rule)
+        for name in CONFIG_TABLES
+        for attr, table in _tables(name).items()
+        for i, rule in enumerate(table)
+    ]
 
 
 @contextlib.contextmanager
-def _rows_looked_up(hits: set[tuple[str, int]]) -> Iterator[None]:
-    """Within the block, each ``CONFIGS`` row a launcher picks is added to ``hits`` (the launch follows)."""
+def _rows_looked_up(hits: set[tuple[str, str, int]]) -> Iterator[None]:
+    """Within the block, each table row a launcher picks is added to ``hits`` as (file, table, index)."""
     modules = {name: importlib.import_module(f"bcrn_fast.kernels.{name}") for name in CONFIG_TABLES}
     originals = {name: m.pick for name, m in modules.items()}
+    table_of = {id(t): (name, attr) for name in CONFIG_TABLES for attr, t in _tables(name).items()}
 
     def spy(name: str):  # noqa: ANN202
         def pick(rules, **facts):  # noqa: ANN001, ANN202 - mirrors bcrn_fast.kernels.pick
             config = originals[name](rules, **facts)
-            hits.add((name, next(i for i, r in enumerate(rules) if r.config is config)))
+            file, attr = table_of.get(id(rules), (name, "?"))
+            hits.add((file, attr, next(i for i, r in enumerate(rules) if r.config is config)))
             return config
 
         return pick
@@ -901,8 +910,15 @@ def compile_all(
                 print(f"aot: x4 fp16 forwards at {forward_shapes} (launches logged)", file=sys.stderr, flush=True)
             drive_forward(rec, forward_shapes)
     rows = [
-        {"table": name, "row": i, "when": rule.when, "config": repr(rule.config), "compiled": (name, i) in rec.rows_hit}
-        for name, i, rule in config_rows()
+        {
+            "table": name,
+            "name": attr,
+            "row": i,
+            "when": rule.when,
+            "config": repr(rule.config),
+            "compiled": (name, attr, i) in rec.rows_hit,
+        }
+        for name, attr, i, rule in config_rows()
     ]
     return rec.reports, rows, rec.launches
 
@@ -968,15 +984,20 @@ def gelu_instructions(archs: tuple[int, ...]) -> list[dict]:
 
 
 # --------------------------------------------------------------------------- instruction tables
+PREDICTED_GPUS = ("H100 SXM", "H200")  # costs.GPU_PEAKS entries the per-launch floors are summed for
 INSTRUCTION_COLUMNS = ("tensor", "ffma", "fmul", "fadd", "fp_other", "mufu", "int", "ldg", "stg", "shared", "total")
 
 
 def forward_totals(runs: list[dict]) -> list[dict]:
     """Per (Triton, arch, forward, kernel) and per (Triton, arch, forward) as kernel ``all``: launches, programs,
     warp instructions per class (per-program counts x programs), MMA FLOPs, DRAM bytes, unmatched-loop launches."""
+    from bcrn_fast.benchmarking import costs
+
+    gpus = [costs.GPU_PEAKS[name] for name in PREDICTED_GPUS]
     groups: dict[tuple, dict] = {}
     for run in runs:
         for launch in run.get("launches", []):
+            predicted = {pk.name: costs.launch_costs([launch], pk)[0].predicted_us for pk in gpus}
             for kernel in (launch["kernel"], "all"):
                 key = (run["triton"], launch["arch"], launch["phase"], kernel)
                 g = groups.setdefault(
@@ -993,8 +1014,11 @@ def forward_totals(runs: list[dict]) -> list[dict]:
                         "bytes": 0,
                         "unmatched": 0,
                         "spilling": 0,
+                        "predicted_us": dict.fromkeys(PREDICTED_GPUS, 0.0),
                     },
                 )
+                for name, us in predicted.items():
+                    g["predicted_us"][name] += us
                 g["launches"] += 1
                 g["programs"] += launch["programs"]
                 for c, v in launch["per_program"].items():
@@ -1015,9 +1039,11 @@ def format_forward_totals(totals: list[dict]) -> str:
     lines = [
         "| Triton | forward | arch | kernel | launches | programs | "
         + " | ".join(f"{c} M" for c in INSTRUCTION_COLUMNS)
-        + " | MMA GFLOP | DRAM MB | spilling launches |",
+        + " | MMA GFLOP | DRAM MB | spilling launches | "
+        + " | ".join(f"{name} floor µs" for name in PREDICTED_GPUS)
+        + " |",
         "| --- | --- | --- | --- | ---: | ---: | "
-        + " | ".join("---:" for _ in INSTRUCTION_COLUMNS)
+        + " | ".join("---:" for _ in (*INSTRUCTION_COLUMNS, *PREDICTED_GPUS))
         + " | ---: | ---: | ---: |",
     ]
     for g in totals:
@@ -1027,7 +1053,9 @@ def format_forward_totals(totals: list[dict]) -> str:
         lines.append(
             f"| {g['triton']} | {g['phase']} | sm_{g['arch']} | {bold}{g['kernel']}{bold}{flag} | {g['launches']} | "
             f"{g['programs']} | {cells} | {g['mma_flops'] / 1e9:.1f} | {g['bytes'] / 1e6:.1f} | "
-            f"{g.get('spilling', '-')} |"
+            f"{g.get('spilling', '-')} | "
+            + " | ".join(f"{g['predicted_us'][name]:.1f}" for name in PREDICTED_GPUS)
+            + " |"
         )
     return "\n".join(lines)
 
@@ -1038,8 +1066,8 @@ def format_before_after(before: list[dict], after: list[dict], phase: str) -> st
     index = {(g["triton"], g["arch"], g["kernel"]): g for g in before if g["phase"] == phase}
     lines = [
         "| Triton | arch | kernel | total M before | total M after | after/before | tensor M | FFMA M | MUFU M | "
-        "MMA GFLOP | launches |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "MMA GFLOP | launches | H200 floor µs |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     keys = [(g["triton"], g["arch"], g["kernel"]) for g in after if g["phase"] == phase]
     pairs = {k[:2] for k in keys}  # (Triton, arch) the after run has: only those are compared
@@ -1060,9 +1088,15 @@ def format_before_after(before: list[dict], after: list[dict], phase: str) -> st
             f"| {key[0]} | sm_{key[1]} | {bold}{key[2]}{bold} | {b['counts']['total'] / 1e6 if b else 0:.1f} | "
             f"{a['counts']['total'] / 1e6 if a else 0:.1f} | {bold}{ratio}{bold} | {pair(b, a, 'tensor')} | "
             f"{pair(b, a, 'ffma')} | {pair(b, a, 'mufu')} | {flops} | "
-            f"{b['launches'] if b else 0} → {a['launches'] if a else 0} |"
+            f"{b['launches'] if b else 0} → {a['launches'] if a else 0} | {_h200(b)} → {_h200(a)} |"
         )
     return "\n".join(lines)
+
+
+def _h200(g: dict | None) -> str:
+    """The summed per-launch H200 floor of a :func:`forward_totals` row (older files lack it: "-")."""
+    us = (g or {}).get("predicted_us", {}).get("H200")
+    return "-" if us is None else f"{us:.0f}"
 
 
 GELUS_PER_PIXEL = 6 * 256 + 64  # x4 forward: 6 ConvNeXt blocks x 256 hidden channels + conv2's 64 outputs
@@ -1216,7 +1250,8 @@ def format_document(runs: list[dict], baseline: dict | None = None) -> str:
                 f"## Before / after: instructions per forward, {big}",
                 "",
                 f"Before: `{commits}` ({baseline.get('note', '')}); after: this run. Warp instructions (millions) "
-                "per forward, per kernel and in sum.",
+                "per forward, per kernel and in sum; H200 floor: the summed per-launch floors (next sections; an H200"
+                " runs the sm_90 code, so only the sm_90 rows are its prediction).",
                 "",
                 format_before_after(baseline["totals"], totals, big),
                 "",
@@ -1224,7 +1259,9 @@ def format_document(runs: list[dict], baseline: dict | None = None) -> str:
         parts += [
             "## Instructions per forward (SASS x trip counts x programs)",
             "",
-            "Warp instructions in millions per x4 fp16 forward (batch 1), by class; `all` is the sum over kernels.",
+            "Warp instructions in millions per x4 fp16 forward (batch 1), by class; `all` is the sum over kernels."
+            " Floor µs: the per-launch floors of `costs.launch_costs` (largest of memory, MMA, issue, MUFU time),"
+            " summed.",
             "",
             format_forward_totals(totals),
             "",
@@ -1396,7 +1433,10 @@ def main(argv: list[str] | None = None) -> int:
         )
     missed = [] if args.forward_only else [r for r in rows if not r["compiled"]]
     for r in missed:
-        print(f"FAIL kernels/{r['table']}.py CONFIGS[{r['row']}] {r['when']}: never compiled", file=sys.stderr)
+        print(
+            f"FAIL kernels/{r['table']}.py {r.get('name', 'CONFIGS')}[{r['row']}] {r['when']}: never compiled",
+            file=sys.stderr,
+        )
     print(
         f"{len(reports)} kernel configurations compiled with Triton {run['triton']} for "
         f"{','.join(map(str, archs))} in {run['wall_s']:.0f} s, {len(bad)} failing; "

@@ -33,8 +33,10 @@ slow = pytest.mark.slow  # the AOT run: ~2+ min of CPU compiles; CI runs it, BCR
 
 EXPECTED_KERNELS = {
     "bsconv_kernel",
+    "depthwise_kernel",
     "convnext_kernel",
     "esa_pool_kernel",
+    "esa_low_kernel",
     "esa_apply_kernel",
     "cca_scale_kernel",
     "channel_scale_kernel",
@@ -96,9 +98,10 @@ def test_every_config_table_row_is_compiled(aot_run):
     rc, run = aot_run
     rows = run["rows"]
     assert {r["table"] for r in rows} == {"bsconv", "convnext", "cca", "esa"}
+    assert {(r["table"], r["name"]) for r in rows} >= {(t, "CONFIGS") for t in ("bsconv", "convnext", "cca", "esa")}
     missed = [r for r in rows if not r["compiled"]]
     assert not missed, "config rows no driven shape compiles:\n" + "\n".join(
-        f"kernels/{r['table']}.py CONFIGS[{r['row']}] {r['when']}: {r['config']}" for r in missed
+        f"kernels/{r['table']}.py {r['name']}[{r['row']}] {r['when']}: {r['config']}" for r in missed
     )
 
 
@@ -340,6 +343,8 @@ def test_forward_launches_are_counted_per_program_times_programs(aot_run):
         for c in ("total", "tensor", "mufu", "ldg"):
             assert g["counts"][c] == pytest.approx(sum(lr["per_program"][c] * lr["programs"] for lr in ls))
         assert g["launches"] == len(ls) and g["unmatched"] == 0
+        h200 = costs.launch_costs(ls, costs.GPU_PEAKS["H200"])
+        assert g["predicted_us"]["H200"] == pytest.approx(sum(c.predicted_us for c in h200))
     # the MMA work of the 960x540 forward, as implemented, is at least the network's convolutions (2 FLOPs/MAC)
     big = next(g for g in totals if g["kernel"] == "all" and g["arch"] == 90 and g["phase"].endswith("960x540"))
     assert big["mma_flops"] >= 2 * costs.model_macs(540, 960, 4) * 0.99
