@@ -331,6 +331,7 @@ CONFIGS = (
     Rule({"narrow": True, "mode": "ieee"}, Config(32, 4, 1, shrink=False, why="ESA low-res branch: [16, 16] spills 8 B on 2 or 4 warps")),  # noqa: E501
     Rule({"narrow": True, "wide": True}, Config(32, 2, 2, shrink=False, why="int64 offsets: [32, 16] on 4 warps spills 8 B on sm_80 with 1 (Triton 3.6) or 2 stages (3.9); 2 warps, 1 stage spills on sm_80/sm_90")),  # noqa: E501
     Rule({"narrow": True}, Config(32, 4, 2, shrink=False, why="[32, 16] on 4 warps; 3 stages spill 8 B on sm_86 (tf32, Triton 3.9) with the per-tap weight fold")),  # noqa: E501
+    Rule({"mode": "ieee", "cout_pad": 64, "wide": True}, Config(16, 8, 1, block_k=32, why="int64 offsets: 4 warps spill 8 B on sm_80 (Triton 3.9)")),  # noqa: E501
     Rule({"mode": "ieee", "cout_pad": 64}, Config(16, 4, 1, block_k=32, why="BLOCK_K 64 spills 8 B on sm_86/sm_89 (Triton 3.6, 4 warps; 2 or 8 warps spill on sm_80/sm_90)")),  # noqa: E501
     Rule({"mode": "ieee"}, Config(16, 4, 1, why="FMA dots spill above BLOCK_P 16 at 64 channels")),
     Rule({"mode": "tf32", "cout_pad": 32}, Config(32, 4, 2, shrink=False, why="32-wide tiles (the x3 upsampler is two-pass now): 2 warps spill 8-40 B on the int64 path (Triton 3.9)")),  # noqa: E501

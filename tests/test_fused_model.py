@@ -55,6 +55,23 @@ def test_same_state_dict_as_reference():
     assert isinstance(fused.conv1, FusedBSConv) and isinstance(fused.conv2, FusedBSConv)
 
 
+def test_model_pack_follows_only_the_upsampler_weights():
+    """The model's own pack (the upsampler) is keyed on the upsampler's 3 parameters, not all 225; an in-place
+    edit there or in a block is still seen (the block's children key their own packs)."""
+    ref = random_bcrn(2).to(DEVICE)
+    fused = BCRNFused.from_reference(ref, backend="torch")
+    x = torch.rand(1, 3, 16, 15, device=DEVICE)
+    with torch.inference_mode():
+        fused(x)
+    ((key, _),) = fused._pack_cache.values()
+    assert len(key[1]) == len(list(ref.upsample_block.parameters())) == 3
+    for param in (ref.upsample_block[1].bias, ref.convNext3.conv.dw.weight):
+        with torch.no_grad():
+            param.add_(0.25)
+        with torch.inference_mode():
+            assert_close_to_ref(fused(x), _ref64(ref, x), torch.float32, name="after an in-place weight edit")
+
+
 # (scale, dtype, shape): the interpreter is slow on a whole model, so the Triton
 # cases spread shapes over scales and dtypes; the torch backend runs them all.
 TRITON_CASES = [

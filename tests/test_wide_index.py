@@ -37,7 +37,7 @@ needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="Triton needs CUDA or T
 
 KERNELS = {
     "bsconv": ("bsconv_kernel", "depthwise_kernel"),
-    "esa": ("esa_pool_kernel", "esa_apply_kernel"),
+    "esa": ("esa_pool_kernel", "esa_low_kernel", "esa_apply_kernel"),
     "convnext": ("convnext_kernel",),
     "cca": ("cca_scale_kernel", "channel_scale_kernel"),
 }

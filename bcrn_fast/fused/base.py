@@ -103,9 +103,13 @@ class FusedMixin:
         return False
 
     # -- packed weights -----------------------------------------------------------
+    def _pack_params(self) -> Any:
+        """The parameters :meth:`_pack` reads (the cache key); containers narrow it to what they pack."""
+        return self.parameters()  # type: ignore[attr-defined]
+
     def _packed(self, dtype: torch.dtype) -> Any:
-        """Packed weights for ``dtype``, rebuilt only when a parameter changed."""
-        params = list(self.parameters())  # type: ignore[attr-defined]
+        """Packed weights for ``dtype``, rebuilt only when a parameter :meth:`_pack` reads changed."""
+        params = self._pack_params()
         if torch.compiler.is_compiling():
             return self._pack(dtype)
         key = (dtype, tuple((id(p), p.data_ptr(), _version(p), p.device) for p in params))

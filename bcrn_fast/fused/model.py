@@ -65,6 +65,9 @@ class BCRNFused(FusedMixin, BCRN):
             if not isinstance(child, FusedBCB):
                 self._modules[name] = FusedBCB.from_reference(child, self.backend, self.precision)
 
+    def _pack_params(self) -> Any:
+        return self.upsample_block.parameters()  # the model's own pack is the upsampler's (not all 225)
+
     def _pack(self, dtype: torch.dtype) -> Any:
         return bsconv_op.pack_upsampler(self.upsample_block, dtype)
 

@@ -244,6 +244,9 @@ class FusedBCB(FusedMixin, BluePrintShortcutBlock):
             if not isinstance(child, cls):
                 self._modules[name] = cls.from_reference(child, self.backend, self.precision)
 
+    def _pack_params(self) -> Any:
+        return ()  # nothing packed here: the children pack their own weights
+
     def _pack(self, dtype: torch.dtype) -> Any:
         return None
 
