@@ -1,6 +1,6 @@
 """CUDA graphs as a public feature: capture a model once per input signature, then replay.
 
-A BCRNFused forward is ~45 kernel launches plus host work per op (argument
+A BCRNFused forward is ~36 kernels plus host work per op (argument
 checks, packed-weight lookups, Triton's argument binding): at 320×180 the host
 time exceeds the GPU time several times over. A CUDA graph records the launches
 once and replays them with one host call, so the kernels alone set the pace.

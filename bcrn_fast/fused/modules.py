@@ -5,7 +5,7 @@ arguments, parameter names/shapes and state-dict keys are the reference's own
 (``load_state_dict`` works both ways), and adds ``backend`` / ``precision``
 keyword arguments and ``from_reference(module)`` (shares the weights).
 
-Launches per forward (Triton backend): FusedBSConv 1, FusedConvNeXtBlock 1,
+Launches per forward (Triton backend): FusedBSConv 1 or 2, FusedConvNeXtBlock 1,
 FusedCCA 2 (statistics + MLP + sigmoid, then the scale) + the counters' zero
 fill, FusedESA 4, FusedBCB 6 + the zero fill (5 inside BCRNFused, where the
 consumer applies the CCA scale and one zero fill serves all six blocks).
@@ -41,7 +41,7 @@ def _check_input(module: torch.nn.Module, x: torch.Tensor, weight: torch.Tensor,
 
 
 class FusedBSConv(FusedMixin, BSConvU):
-    """BSConvU (pointwise 1x1, then depthwise kxk + bias) in one launch.
+    """BSConvU (pointwise 1x1, then depthwise kxk + bias) in one launch (two on Triton for conv2-like shapes).
 
     ``y = b + Σ_tap dw[tap] ⊙ (pw · x)[p·stride − pad + tap]``. Supports
     kernel sizes 1 and 3, any stride and zero padding, dilation 1, no BN.
