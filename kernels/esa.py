@@ -13,6 +13,7 @@ statistics of ``u`` (helpers from ``cca.py``) and the last-program
 finalisation of the CCA scale.
 """
 
+import torch
 import triton
 import triton.language as tl
 
@@ -387,7 +388,8 @@ CONFIGS = (
     Rule({"kernel": "apply", "big": True}, Config(FMA_BLOCK_P, 8, why="[64, 64] FMA dots: 172 registers on 8 warps, no spills")),  # noqa: E501
     Rule({"kernel": "apply"}, Config(FMA_BLOCK_P, 4, why="tiles under 4K elements: 4 warps")),
     Rule({"kernel": "low", "tiny": True}, Config(64, 2, why="8x8 block, [64, 16] tiles: 2 warps, no spills")),
-    Rule({"kernel": "low"}, Config(256, 4, why="16x16 block, [256, 16] tiles: 4 warps, no spills")),
+    Rule({"kernel": "low", "fp32": True}, Config(256, 8, why="fp32 16x16 block: 4 warps spill 8-72 B at 255 registers on sm_86/sm_89 (Triton 3.6)")),  # noqa: E501
+    Rule({"kernel": "low"}, Config(256, 4, why="16x16 block, [256, 16] half tiles: 4 warps, no spills")),
 )
 # fmt: on
 
@@ -395,13 +397,13 @@ CONFIGS = (
 def launch_config(hw: int, channels: int) -> tuple[int, int]:
     """(BLOCK_P, num_warps) of ``CONFIGS`` (fp32 IEEE esa_apply) for ``[BLOCK_P, channels]`` over ``hw`` pixels."""
     tile = min(natural_tile(hw, channels), FMA_BLOCK_P)
-    config = pick(CONFIGS, kernel="apply", big=tile * channels >= 4096, tiny=False)
+    config = pick(CONFIGS, kernel="apply", big=tile * channels >= 4096, tiny=False, fp32=True)
     return pixel_tile(config, hw, channels), config.num_warps
 
 
-def low_launch_config(hl: int, wl: int) -> tuple[int, int]:
-    """(S, num_warps) of ``CONFIGS`` for esa_low_kernel on an ``hl x wl`` pooled map: S is the block side."""
-    config = pick(CONFIGS, kernel="low", big=False, tiny=max(hl, wl) <= 2)
+def low_launch_config(hl: int, wl: int, dtype: torch.dtype = torch.float16) -> tuple[int, int]:
+    """(S, num_warps) of ``CONFIGS`` for esa_low_kernel on an ``hl x wl`` pooled ``dtype`` map: S is the block side."""
+    config = pick(CONFIGS, kernel="low", big=False, tiny=max(hl, wl) <= 2, fp32=dtype == torch.float32)
     side = 8
     while side * side < config.block_p:
         side *= 2

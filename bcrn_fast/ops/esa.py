@@ -294,7 +294,7 @@ def esa_low_triton(
     from bcrn_fast.kernels import esa as kernels
 
     n, f, hl, wl = v.shape
-    s, warps = kernels.low_launch_config(hl, wl)
+    s, warps = kernels.low_launch_config(hl, wl, v.dtype)
     s = side or s
     tiles_w = _common.cdiv(wl, s - 6)
     tiles = _common.cdiv(hl, s - 6) * tiles_w
