@@ -5,18 +5,17 @@
 (b) ``cuobjdump --dump-resource-usage`` (or the ptxas report saved at build
     time) lists every kernel and none of them spills or uses local memory;
 (c) the emulation build (``csrc/emu/cuda_emu.h``) gives the same bits under
-    every thread schedule; bad arguments are refused before a launch;
-(d) the whole model on ``backend="cuda"``.
+    every thread schedule; bad arguments are refused before a launch.
 
 Each op's CUDA execution tests (float64 references, poisoned outputs) live in
-its ``tests/test_op_<op>.py``; the fixtures (``cuda_build``, ``emu_module``,
+its ``tests/test_op_<op>.py``, the whole model on ``backend="cuda"`` in
+``tests/test_fused_model.py``; the fixtures (``cuda_build``, ``emu_module``,
 ``gpu_module``, ``target``) in ``tests/cuda_fixtures.py``. Only nvcc's absence
 skips (a) and (b).
 """
 
 from __future__ import annotations
 
-import copy
 import os
 import shutil
 import subprocess
@@ -33,7 +32,7 @@ from bcrn_fast.ops.cca import cca_scale, pack_cca
 from bcrn_fast.ops.convnext import ConvNeXtArgs, convnext, convnext_cuda, pack_convnext, pack_esa_pre
 from bcrn_fast.validation import InputError
 from tests.cuda_fixtures import block_modules, build, f32, import_so, rand_input, rand_like_module
-from tests.utils import CPU_ONLY_ON_GPU, assert_close_to_ref, cuda_emulator, guarded
+from tests.utils import cuda_emulator
 
 KERNELS = build.KERNEL_PREFIXES  # csrc/build.py: the one list of the CUDA kernels
 SM86_SMEM_LIMIT = 101376  # max dynamic shared memory per block on sm_86 / sm_89, the tightest target
@@ -181,30 +180,3 @@ def test_available_reports_state():
         assert cuda_ext.import_error()
     if not torch.cuda.is_available():
         assert not cuda_ext.available()
-
-
-# --------------------------------------------------------------------------- (d) whole model, backend="cuda"
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
-def test_bcrn_fused_cuda_backend_matches_reference(target, dtype):
-    """BCRNFused(backend="cuda"): bcb_front, bsconv and cca on the extension, ESA on Triton."""
-    from bcrn_fast.fused import BCRNFused
-
-    if target.device.type == "cpu" and not backends.interpreter_enabled():
-        # ESA has no CUDA kernel: its ops run on Triton, which takes CPU tensors only through the interpreter
-        pytest.skip(CPU_ONLY_ON_GPU if torch.cuda.is_available() else "ESA runs on Triton: needs TRITON_INTERPRET=1")
-    torch.manual_seed(0)
-    ref = M.BCRN(2)
-    with torch.no_grad():
-        for p in ref.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    device = target.device
-    ref = ref.to(device)
-    fused = BCRNFused.from_reference(ref, backend="cuda").to(dtype)
-    x = torch.rand(1, 3, 15, 17, device=device)
-    with torch.no_grad():
-        expected = copy.deepcopy(ref).double()(x.double())
-    with torch.inference_mode():
-        out = fused(guarded(x.to(dtype)))
-    assert_close_to_ref(out.float(), expected, dtype, name="BCRNFused cuda backend")

@@ -17,7 +17,7 @@ from bcrn_fast import BCRN
 from bcrn_fast.fused import BCRNFused, FusedBCB, FusedBSConv, fuse_
 from bcrn_fast.ops import backends
 from bcrn_fast.validation import InputError
-from tests.utils import QUICK, assert_close_to_ref, guarded, random_bcrn
+from tests.utils import CPU_ONLY_ON_GPU, QUICK, assert_close_to_ref, guarded, random_bcrn
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -202,6 +202,29 @@ def test_kernels_per_forward(monkeypatch):
     assert aten["aten::zero_"] + aten["aten::fill_"] == 1, aten  # one counter fill for the six blocks
     total = sum(launches.values()) + sum(aten.values())
     assert total <= 40, f"{total} kernels per forward: {dict(launches)} + {dict(aten)}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+def test_bcrn_fused_cuda_backend_matches_reference(target, dtype):
+    """BCRNFused(backend="cuda"): bcb_front, bsconv and cca on the extension (its emulator build on a CPU host),
+    ESA on Triton."""
+    if target.device.type == "cpu" and not backends.interpreter_enabled():
+        # ESA has no CUDA kernel: its ops run on Triton, which takes CPU tensors only through the interpreter
+        pytest.skip(CPU_ONLY_ON_GPU if torch.cuda.is_available() else "ESA runs on Triton: needs TRITON_INTERPRET=1")
+    torch.manual_seed(0)
+    ref = BCRN(2)
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    device = target.device
+    ref = ref.to(device)
+    fused = BCRNFused.from_reference(ref, backend="cuda").to(dtype)
+    x = torch.rand(1, 3, 15, 17, device=device)
+    with torch.no_grad():
+        expected = copy.deepcopy(ref).double()(x.double())
+    with torch.inference_mode():
+        out = fused(guarded(x.to(dtype)))
+    assert_close_to_ref(out.float(), expected, dtype, name="BCRNFused cuda backend")
 
 
 def test_input_checks():
