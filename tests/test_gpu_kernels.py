@@ -39,7 +39,14 @@ def test_kernels_are_compiled_jit_functions():
     from triton.runtime.jit import JITFunction
 
     kernels = _kernel_functions()
-    for name in ("bsconv.bsconv_kernel", "esa.esa_pool_kernel", "esa.esa_apply_kernel", "convnext.convnext_kernel"):
+    for name in (
+        "bsconv.bsconv_kernel",
+        "bsconv.depthwise_kernel",
+        "esa.esa_pool_kernel",
+        "esa.esa_low_kernel",
+        "esa.esa_apply_kernel",
+        "convnext.convnext_kernel",
+    ):
         assert name in kernels, f"{name} not found among {sorted(kernels)}"
     wrong = {name: type(fn).__name__ for name, fn in kernels.items() if type(fn) is not JITFunction}
     assert not wrong, f"interpreted (not compiled) Triton functions: {wrong}"
