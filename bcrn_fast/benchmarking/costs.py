@@ -178,12 +178,12 @@ class Traffic:
 
 
 def _bcb_stages(t: Traffic, p: int, p6: int, c: int, tag: str, standalone: bool) -> None:
-    """One BCB in the fused dataflow (fused-ops.md): 7 launches, ~416 elements per pixel."""
+    """One BCB in the fused dataflow (fused-ops.md): 5 launches, ~416 elements per pixel."""
     f = ESA_F
     t.add(f"{tag} bsconv", c * p, c * p)  # read u_{k-1} (CCA scale applied on load), write t1
     t.add(f"{tag} convnext+esa pre-map", c * p, (c + f) * p)  # read t1, write t2 and the 16-ch map a
     t.add(f"{tag} esa_pool", f * p, f * p6)  # stride-2 depthwise + 7/3 max-pool
-    t.add(f"{tag} esa small bsconv x3", 3 * f * p6, 3 * f * p6)
+    t.add(f"{tag} esa_low", f * p6, f * p6)  # the three 3x3 BSConvs of the pooled map, one launch
     t.add(f"{tag} esa_apply+cca partials", c * p + f * p6, c * p)  # read t2 (+ c3 gathered), write u_k
     if standalone:  # a lone BCB must return cca(u) itself: one more read and write
         t.add(f"{tag} channel_scale", c * p, c * p)
@@ -226,7 +226,7 @@ def target_traffic(
     elif target == "esa":
         t.add("esa pre-map", c * p, f * p)
         t.add("esa_pool", f * p, f * p6)
-        t.add("esa small bsconv x3", 3 * f * p6, 3 * f * p6)
+        t.add("esa_low", f * p6, f * p6)
         t.add("esa_apply", c * p + f * p6, c * p)
     elif target == "bcb":
         _bcb_stages(t, p, p6, c, "bcb", standalone=True)
