@@ -446,6 +446,20 @@ def test_plot_is_optional(tmp_path):
         assert png is not None and png.stat().st_size > 0
 
 
+def test_plot_groups_keep_targets_apart():
+    """Module rows of different targets at the same size are separate bar groups (not overwritten)."""
+    rows = [
+        Row("bsconv", None, 64, 64, 1, "fp16", "eager", status="OK", median_ms=1.0).to_dict(),
+        Row("convnext", None, 64, 64, 1, "fp16", "eager", status="OK", median_ms=2.0).to_dict(),
+        Row("convnext", None, 64, 64, 1, "fp16", "fused_triton", status="OK", median_ms=0.5).to_dict(),
+        Row("model", 4, 64, 64, 1, "fp16", "eager", status="SKIPPED", reason="time budget").to_dict(),
+    ]
+    assert report.plot_groups(rows) == {
+        "bsconv 64x64 N1 fp16": {"eager": 1.0},
+        "convnext 64x64 N1 fp16": {"eager": 2.0, "fused_triton": 0.5},
+    }
+
+
 def test_fmt_ms():
     assert [report.fmt_ms(x) for x in (None, 0.01234, 1.234, 12.34, 123.4)] == ["–", "0.012", "1.23", "12.3", "123"]
 

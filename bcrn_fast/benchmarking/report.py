@@ -351,6 +351,15 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     return out
 
 
+def plot_groups(rows: Iterable[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """The chart's bar groups: ``"<target> [xS] WxH N<batch> <dtype>"`` -> {variant: median ms} of the OK rows."""
+    groups: dict[str, dict[str, float]] = {}
+    for r in filter(_ok, rows):
+        label = " ".join(x for x in _case_label(r)[:3] if x != "–") + f" N{r['batch']} {r['dtype']}"
+        groups.setdefault(label, {})[r["variant"]] = r["median_ms"]
+    return groups
+
+
 def plot(report: dict[str, Any], path: str | os.PathLike[str]) -> Path | None:
     """A bar chart of median ms per variant and case (PNG); None when matplotlib is not installed."""
     try:
@@ -360,10 +369,7 @@ def plot(report: dict[str, Any], path: str | os.PathLike[str]) -> Path | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    groups: dict[str, dict[str, float]] = {}
-    for r in filter(_ok, report["rows"]):
-        label = " ".join(x for x in _case_label(r)[1:3] if x != "–") + f" N{r['batch']} {r['dtype']}"
-        groups.setdefault(label, {})[r["variant"]] = r["median_ms"]
+    groups = plot_groups(report["rows"])
     if not groups:
         return None
     variants = [v for v in VARIANTS if any(v in g for g in groups.values())]
