@@ -197,7 +197,7 @@ def _model_backend(model: nn.Module, device: torch.device) -> str:
 _DTYPE_HELP = {
     "auto": "storage precision: auto (default) is fp16 on CUDA (fp16 storage, fp32 accumulation; an image "
     "or video frame whose fp16/bf16 output is not finite is re-run in fp32, with a note) and fp32 on the CPU "
-    "(and with --engine ray); fp32 is the accuracy mode",
+    "(with --engine ray: per worker device); fp32 is the accuracy mode",
     "fp32": "storage precision (default fp32, the accuracy mode; auto is fp16 on CUDA, fp32 elsewhere)",
 }
 
@@ -535,8 +535,6 @@ def _cmd_upscale(args: argparse.Namespace) -> int:
     _check_tiling(args)
     if args.engine == "ray":  # the workers load the model; here only its scale (and a valid checkpoint)
         scale = _checkpoint_scale(args)
-        if args.dtype == "auto":  # the Ray workers have no fp32 re-run of non-finite half outputs
-            args.dtype = "fp32"
         if args.cuda_graph:
             _note("--cuda-graph ignored: the Ray workers run the model without graphs")
     else:

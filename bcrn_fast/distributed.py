@@ -198,24 +198,33 @@ class BCRNUpscaler:
         import torch
 
         from bcrn_fast.checkpoint import load_checkpoint
+        from bcrn_fast.cli import resolve_dtype
         from bcrn_fast.pipeline import Runner, prepare_model
 
         if threads:
             torch.set_num_threads(int(threads))
         self.device = torch.device(device)
-        self.dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+        self.dtype = resolve_dtype(dtype, self.device)  # "auto": fp16 on a CUDA worker, fp32 elsewhere
         self.tmp = Path(tempfile.mkdtemp(prefix="bcrn_ray_"))
         local_weights = self._fetch(weights, "weights") if _is_uri(weights) else Path(weights)
         on_cuda = self.device.type == "cuda"
         # the CLI's choice: the fused model when asked for (--fused, --backend) and by default on CUDA
         # when bcrn_fast.fused imports; otherwise (and on the CPU) the reference BCRN
         use_fused = backend != "reference" and (fused or backend is not None or (on_cuda and _fused_available()))
-        model = load_checkpoint(
-            local_weights, scale, device=self.device, dtype=self.dtype, fused=use_fused, backend=backend or "auto"
-        )
+
+        def load(dtype: torch.dtype) -> torch.nn.Module:
+            return load_checkpoint(
+                local_weights, scale, device=self.device, dtype=dtype, fused=use_fused, backend=backend or "auto"
+            )
+
+        model = load(self.dtype)
         self.scale = int(model.scale)
         self.model = prepare_model(model, self.device, compile=compile)
-        self.runner = Runner(self.model, self.device, self.dtype, tile=tile, max_memory=max_memory)
+        # half outputs that are not finite are re-run in fp32 on an eager fp32 model, loaded on first need
+        self.runner = Runner(
+            self.model, self.device, self.dtype, tile=tile, max_memory=max_memory,
+            fallback=lambda: prepare_model(load(torch.float32), self.device, compile=False),
+        )  # fmt: skip
         self.overwrite, self.video, self.crash_once = overwrite, dict(video or {}), _crash_once
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         self.calls = 0
@@ -245,7 +254,7 @@ class BCRNUpscaler:
     def _image(self, src: str, dst: str) -> tuple[str, int]:
         from bcrn_fast.imageio import ImageError, atomic_output, read_image, write_png
         from bcrn_fast.model import MIN_SIZE
-        from bcrn_fast.pipeline import PipelineStats
+        from bcrn_fast.pipeline import NonFiniteOutput, PipelineStats, Recomputed
 
         local_src = self._fetch(src, "input") if _is_uri(src) else Path(src)
         try:
@@ -259,6 +268,11 @@ class BCRNUpscaler:
         outs, ready = self.runner([x[0]], PipelineStats())
         if ready is not None:
             ready.synchronize()
+        if isinstance(outs[0], Recomputed):  # the half output was not finite: the fp32 re-run's, or nothing
+            if outs[0].out is None:
+                raise NonFiniteOutput(f"{src}: {outs[0].message()}")
+            notes.append(outs[0].message())
+            outs = [outs[0].out]
         if _is_uri(dst):
             # an object-store PUT is atomic: readers see the old object or the whole new one
             local = self.tmp / "output.png"

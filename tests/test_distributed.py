@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from bcrn_fast import distributed
@@ -199,6 +200,57 @@ def test_fsspec_uris_equal_local(cluster, weights: Path, tree_and_local: tuple[P
     assert files(out) == files(local)
     again, skipped = distributed.plan_uri_jobs([tree.as_uri()], out.as_uri(), 2, recursive=True, skip_existing=True)
     assert not again and len(skipped) == len(TREE)
+
+
+def _overflowing_loader(monkeypatch: pytest.MonkeyPatch, dtypes: tuple) -> list:
+    """Models loaded in ``dtypes`` put an inf into their output (a stand-in for fp16 overflow); the dtypes loaded."""
+    import bcrn_fast.checkpoint as checkpoint
+
+    real, loaded = checkpoint.load_checkpoint, []
+
+    def load(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        model = real(*args, **kwargs)
+        loaded.append(kwargs.get("dtype"))
+        if kwargs.get("dtype") in dtypes:
+            model.upsample_block.register_forward_hook(
+                lambda mod, inputs, out: out.index_fill(-1, out.new_zeros(1, dtype=torch.long), float("inf"))
+            )
+        return model
+
+    monkeypatch.setattr(checkpoint, "load_checkpoint", load)
+    return loaded
+
+
+def test_worker_reruns_a_non_finite_half_output_in_fp32(
+    tmp_path: Path, weights: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Ray worker (``BCRNUpscaler``, called in-process here) re-runs a half output that is not finite in fp32
+    like the local pipeline: a note, the fp32 PNG, the fp32 model loaded once on need; "auto" on a CPU worker
+    is fp32; when fp32 is not finite either the file fails and nothing is written."""
+    src = tmp_path / "a.png"
+    make_tree(tmp_path / "t")
+    src.write_bytes((tmp_path / "t" / "a.png").read_bytes())
+    batch = {"src": [str(src)], "kind": ["image"]}
+    want = distributed.BCRNUpscaler(str(weights), device="cpu", dtype="fp32")(
+        {**batch, "dst": [str(tmp_path / "w.png")]}
+    )
+    assert want["status"] == ["written"] and distributed.BCRNUpscaler(str(weights), dtype="auto").dtype == torch.float32
+
+    loaded = _overflowing_loader(monkeypatch, (torch.float16,))
+    worker = distributed.BCRNUpscaler(str(weights), device="cpu", dtype="fp16")
+    got = worker({**batch, "dst": [str(tmp_path / "o.png")]})
+    assert got["status"] == ["written"], got["error"]
+    assert got["note"] == ["fp16 output is not finite; re-ran it in fp32 and wrote that result"]
+    assert loaded == [torch.float16, torch.float32]
+    assert np.array_equal(np.array(Image.open(tmp_path / "o.png")), np.array(Image.open(tmp_path / "w.png")))
+
+    monkeypatch.undo()
+    _overflowing_loader(monkeypatch, (torch.float16, torch.float32))
+    got = distributed.BCRNUpscaler(str(weights), device="cpu", dtype="fp16")(
+        {**batch, "dst": [str(tmp_path / "f.png")]}
+    )
+    assert got["status"] == ["failed"] and not (tmp_path / "f.png").exists()
+    assert got["error"] == [f"{src}: output is not finite in fp16 nor in the fp32 re-run; nothing written"]
 
 
 def test_without_ray_is_a_one_line_error(monkeypatch: pytest.MonkeyPatch) -> None:
