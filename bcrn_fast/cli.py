@@ -152,7 +152,7 @@ def _device(name: str) -> torch.device:
     return device
 
 
-def _apply_precision(model: nn.Module, precision: str, device: torch.device) -> None:
+def apply_precision(model: nn.Module, precision: str, device: torch.device) -> None:
     """``--precision``: the fp32 dot mode of the fused kernels, and of cuDNN/cuBLAS for the reference on CUDA."""
     if hasattr(model, "set_backend"):  # BCRNFused
         model.set_backend(model.backend, precision)
@@ -180,7 +180,7 @@ def _load_model(
     scale = getattr(model, "scale", None) or infer_scale(model.state_dict())
     if scale is None:
         raise CLIError(f"cannot determine the scale of the model loaded from {args.weights}")
-    _apply_precision(model, args.precision, device)
+    apply_precision(model, args.precision, device)
     return model, int(scale), device, dtype
 
 

@@ -189,6 +189,7 @@ class BCRNUpscaler:
         fused: bool = False,
         overwrite: bool = False,
         threads: int | None = None,
+        precision: str = "ieee",
         tile: int | str | None = None,
         max_memory: int | None = None,
         video: dict[str, Any] | None = None,
@@ -198,7 +199,7 @@ class BCRNUpscaler:
         import torch
 
         from bcrn_fast.checkpoint import load_checkpoint
-        from bcrn_fast.cli import resolve_dtype
+        from bcrn_fast.cli import apply_precision, resolve_dtype
         from bcrn_fast.pipeline import Runner, prepare_model
 
         if threads:
@@ -213,9 +214,11 @@ class BCRNUpscaler:
         use_fused = backend != "reference" and (fused or backend is not None or (on_cuda and _fused_available()))
 
         def load(dtype: torch.dtype) -> torch.nn.Module:
-            return load_checkpoint(
+            model = load_checkpoint(
                 local_weights, scale, device=self.device, dtype=dtype, fused=use_fused, backend=backend or "auto"
             )
+            apply_precision(model, precision, self.device)  # the CLI's --precision
+            return model
 
         model = load(self.dtype)
         self.scale = int(model.scale)
@@ -406,6 +409,7 @@ def upscale_with_ray(
     scale: int | None = None,
     device: str = "cpu",
     dtype: str = "fp32",
+    precision: str = "ieee",
     backend: str | None = None,
     fused: bool = False,
     overwrite: bool = False,
@@ -479,6 +483,7 @@ def upscale_with_ray(
                 "scale": scale,
                 "device": device,
                 "dtype": dtype,
+                "precision": precision,
                 "backend": backend,
                 "fused": fused,
                 "overwrite": overwrite,
@@ -569,6 +574,7 @@ def run_upscale(jobs: list[Job], args: argparse.Namespace) -> int:
         scale=args.scale,
         device=str(args.device),
         dtype=args.dtype,
+        precision=getattr(args, "precision", "ieee"),
         backend=args.backend,
         fused=bool(args.fused),
         overwrite=bool(getattr(args, "overwrite", False)),

@@ -253,6 +253,13 @@ def test_worker_reruns_a_non_finite_half_output_in_fp32(
     assert got["error"] == [f"{src}: output is not finite in fp16 nor in the fp32 re-run; nothing written"]
 
 
+def test_worker_takes_the_cli_precision(weights: Path) -> None:
+    """--precision reaches the Ray worker's fused model (the fp32 dot mode), like the local CLI's."""
+    for precision in ("ieee", "tf32"):
+        worker = distributed.BCRNUpscaler(str(weights), device="cpu", backend="torch", precision=precision)
+        assert worker.model.precision == precision
+
+
 def test_without_ray_is_a_one_line_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(distributed.RayUnavailable, match=r"pip install 'bcrn_fast\[ray\]'") as info:
