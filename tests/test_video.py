@@ -151,9 +151,13 @@ def test_default_h264_keeps_timing_audio_and_colour(
     assert (b["colorspace"], b["range"]) == (5, 1)  # untagged SD input: BT.601 limited both ways, and tagged so
     want = _upscale_frames(weights, [f for _, f in a["frames"]])
     # The random-weight model's output is pixel noise, which 4:2:0 chroma cannot hold; 8x8 means (what
-    # colour and brightness are made of) must survive: a wrong range or matrix shifts them by 5-20 levels.
+    # colour and brightness are made of) must survive: a wrong range or matrix shifts them by 5-20 levels,
+    # all blocks the same way. Codec loss moves single blocks by up to ~4.3 levels (seen on CI; 2.5-3.8
+    # here) but their average per channel by < 1, so the frame average carries the tight bound.
     for (_, got), ref in zip(b["frames"], want, strict=True):
-        assert np.abs(_block_means(got) - _block_means(ref)).max() < 4
+        d = _block_means(got) - _block_means(ref)
+        assert np.abs(d.reshape(-1, 3).mean(0)).max() < 2, "colour/brightness shifted: range or matrix"
+        assert np.abs(d).max() < 6
 
 
 def _nearest_x2(datas: list[torch.Tensor], stats: object) -> tuple[list[torch.Tensor], None]:
