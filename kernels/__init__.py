@@ -46,6 +46,14 @@ def pick(rules: tuple[Rule, ...], **facts: object) -> Config:
     raise LookupError(f"no launch configuration for {facts}")
 
 
+def next_pow2(n: int, minimum: int = 16) -> int:
+    """Smallest power of two >= max(n, minimum) (tl.dot needs dims >= 16)."""
+    p = minimum
+    while p < n:
+        p *= 2
+    return p
+
+
 def natural_tile(hw: int | None, channels: int) -> int:
     """The map-size rule every launcher shares: pixels per program before any per-mode cap.
 

@@ -33,8 +33,9 @@ import torch
 import triton
 import triton.language as tl
 
-from . import Config, Rule, natural_tile, pick, pixel_tile
+from . import Config, Rule, natural_tile, next_pow2, pick, pixel_tile
 from .convnext import gelu_fast
+from .window import tap_window
 
 IM2COL_MAX_K = 64  # the widest (tap, channel) GEMM K the im2col form takes in one chunk
 
@@ -51,7 +52,7 @@ def dataflow(cin: int, cout: int, ksize: int) -> str:
         return "implicit"
     if ksize * ksize * cin <= IM2COL_MAX_K:
         return "im2col"
-    cout_pad = max(16, 1 << (cout - 1).bit_length())
+    cout_pad = next_pow2(cout)
     return "two_pass" if cin > 64 or cout_pad != cout else "implicit"
 
 
@@ -197,9 +198,9 @@ def bsconv_kernel(
         )
         if HAS_SCALE:
             wf = wf * tl.load(s_ptr + n * ssn + ci * ssc, mask=j_mask, other=0.0)[:, None]
-        ih = oh[:, None] * STRIDE - PAD + (tap // KSIZE)[None, :]
-        iw = ow[:, None] * STRIDE - PAD + (tap % KSIZE)[None, :]
-        inside = p_mask[:, None] & j_mask[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        ih, iw, inside = tap_window(
+            oh[:, None], ow[:, None], tap[None, :], p_mask[:, None] & j_mask[None, :], H, W, KSIZE, STRIDE, PAD
+        )
         xt = tl.load(x_img + ih * sxh + iw * sxw + (ci * sxc)[None, :], mask=inside, other=0.0)
         if DOT_IN_FP32:  # exact upcast of the rounded operands (interpreter bf16 workaround)
             acc = tl.dot(xt.to(tl.float32), wf.to(wj.dtype).to(tl.float32), acc, input_precision="ieee")
@@ -219,9 +220,7 @@ def bsconv_kernel(
             if HAS_SCALE:
                 pws = pws * tl.load(s_ptr + n * ssn + ck * ssc, mask=k_mask, other=0.0)[:, None]
             for tap in range(KSIZE * KSIZE):
-                ih = oh * STRIDE - PAD + tap // KSIZE
-                iw = ow * STRIDE - PAD + tap % KSIZE
-                inside = p_mask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+                ih, iw, inside = tap_window(oh, ow, tap, p_mask, H, W, KSIZE, STRIDE, PAD)
                 xt = tl.load(
                     x_img + (ih * sxh + iw * sxw)[:, None] + (ck * sxc)[None, :],
                     mask=inside[:, None] & k_mask[None, :],
@@ -298,9 +297,7 @@ def depthwise_kernel(
     z_img = z_ptr + n * szn
     acc = tl.zeros((BLOCK_P, C_PAD), dtype=tl.float32)
     for tap in range(KSIZE * KSIZE):
-        ih = oh * STRIDE - PAD + tap // KSIZE
-        iw = ow * STRIDE - PAD + tap % KSIZE
-        inside = p_mask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        ih, iw, inside = tap_window(oh, ow, tap, p_mask, H, W, KSIZE, STRIDE, PAD)
         zt = tl.load(
             z_img + (ih * szh + iw * szw)[:, None] + (offs_o * szc)[None, :],
             mask=inside[:, None] & o_mask[None, :],

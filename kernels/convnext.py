@@ -19,6 +19,7 @@ import triton
 import triton.language as tl
 
 from . import Config, Rule, natural_tile, pick, pixel_tile
+from .window import tap_window
 
 # p(b) = Σ_k _GELU_P[k]·b^k ≈ log2(½·erfc(b/√2)), fp32 values (exactly representable as written)
 _GP0 = tl.constexpr(-0.9999997019767761)
@@ -135,9 +136,7 @@ def convnext_kernel(
     t_img = t_ptr + n * stn
     z = tl.zeros((BLOCK_P, C_PAD), dtype=tl.float32)
     for tap in tl.range(9, num_stages=2):
-        ih = qh - 1 + tap // 3
-        iw = qw - 1 + tap % 3
-        inside = p_mask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        ih, iw, inside = tap_window(qh, qw, tap, p_mask, H, W, 3, 1, 1)  # ih = qh - 1 + tap // 3, ...
         tt = tl.load(
             t_img + (ih * sth + iw * stw)[:, None] + (offs_c * stc)[None, :],
             mask=inside[:, None] & c_mask[None, :],

@@ -154,11 +154,3 @@ def needs_wide_index(*tensors: torch.Tensor | None) -> bool:
     if FORCE_WIDE_INDEX:
         return True
     return any(t is not None and max_element_offset(t) >= INDEX_LIMIT for t in tensors)
-
-
-def next_pow2(n: int, minimum: int = 16) -> int:
-    """Smallest power of two >= max(n, minimum) (tl.dot needs dims >= 16)."""
-    p = minimum
-    while p < n:
-        p *= 2
-    return p

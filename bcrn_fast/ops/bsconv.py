@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bcrn_fast.kernels import next_pow2
 from bcrn_fast.ops import _common, backends, cuda_ext
 from bcrn_fast.validation import InputError
 
@@ -292,8 +293,8 @@ def _launch_gemm(a: BSConvArgs, out: torch.Tensor, im2col: bool = False, pw_only
     ho, wo = _out_hw(h, w, a.ksize, a.stride, a.padding)
     pw_t, dw, bias = a.pw_t.contiguous(), a.dw.contiguous(), a.bias.contiguous()
     gemm_k = a.ksize * a.ksize * cin if im2col else cin
-    block_k = max(min(_common.next_pow2(gemm_k), 64), 16)
-    cout_pad = _common.next_pow2(cout)
+    block_k = max(min(next_pow2(gemm_k), 64), 16)
+    cout_pad = next_pow2(cout)
     wide_index = _common.needs_wide_index(x, residual, out)
     block_p, block_k_cfg, num_warps, num_stages = _launch_config(
         ho * wo, cout_pad, block_k, x.dtype, a.precision, wide_index, pw_only
@@ -329,7 +330,7 @@ def _launch_depthwise(a: BSConvArgs, z: torch.Tensor, out: torch.Tensor) -> None
     n, c, h, w = z.shape
     ho, wo = _out_hw(h, w, a.ksize, a.stride, a.padding)
     residual = a.residual
-    c_pad = _common.next_pow2(c)
+    c_pad = next_pow2(c)
     block_p, num_warps = dw_launch_config(ho * wo, c_pad)
     res = residual if residual is not None else out  # dummy pointer, never read
     with _common.device_guard(z):

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bcrn_fast.kernels import next_pow2
 from bcrn_fast.ops import _common, backends, cuda_ext
 from bcrn_fast.validation import InputError
 
@@ -257,8 +258,8 @@ def convnext_triton(
     aw = esa_a.contiguous() if has_esa else w1  # dummy pointers when the epilogue is off
     ab = a.esa_b.contiguous() if has_esa else b1
     a_arg = e_out if has_esa else y
-    c_pad = _common.next_pow2(c)
-    hid_block = min(_common.next_pow2(hid), HIDDEN_BLOCK)
+    c_pad = next_pow2(c)
+    hid_block = min(next_pow2(hid), HIDDEN_BLOCK)
     wide_index = _common.needs_wide_index(t, y, a_arg)
     block_p, num_warps = _launch_config(h * w, t.dtype, a.precision, wide_index)
     grid = (triton.cdiv(h * w, block_p), n)
@@ -269,7 +270,7 @@ def convnext_triton(
             c, hid, e, h, w,
             *t.stride(), *y.stride(), *a_arg.stride(),
             HAS_ESA=has_esa, BLOCK_P=block_p, C_PAD=c_pad, HID_BLOCK=hid_block,
-            E_PAD=_common.next_pow2(e), PRECISION=dot_precision,
+            E_PAD=next_pow2(e), PRECISION=dot_precision,
             DOT_IN_FP32=backends.interpreter_enabled() and t.dtype == torch.bfloat16,
             WIDE_INDEX=wide_index,
             num_warps=num_warps,
