@@ -4,7 +4,7 @@
   channels-last, torch.compile modes, CUDA graphs, fused backends, onnxruntime);
 - :mod:`~bcrn_fast.benchmarking.costs`: the stated FLOP and byte model, GPU peaks, roofline floor;
 - :mod:`~bcrn_fast.benchmarking.harness`: build -> verify against fp32 eager -> time (WRONG rows are never timed);
-  ``schedule`` is the one row loop, in-process (``Bench.run``) or a process per row (``isolated.run_isolated``);
+  ``Bench.schedule`` is the one row loop, in-process (``Bench.run``) or a process per row (``isolated.run_isolated``);
 - :mod:`~bcrn_fast.benchmarking.report`: environment, JSON schema, markdown table, plot; ``annotate`` is the one
   place GB/s, TFLOP/s, % of roofline floor and speedups are derived;
 - :mod:`~bcrn_fast.benchmarking.cli`: ``bcrn-fast bench`` (also ``python -m bcrn_fast.benchmarking``);

@@ -1,12 +1,11 @@
 """``bcrn-fast bench``: compare the reference, torch.compile and the fused backends.
 
-``add_arguments(parser)`` adds the options, ``run(args)`` runs the grid and prints the markdown table
-(returns 0; 1 if a row was WRONG, CRASHED or TIMEOUT; 2 for bad arguments); ``python -m
-bcrn_fast.benchmarking`` is the same command. Sizes are LR ``WIDTHxHEIGHT`` (video convention: ``320x180``
-at x4 is a 720p output). Default grids: CPU ``--quick`` 64x64 x4 fp32 (eager, eager_cl, fused_torch);
-CPU 64x64 and 128x72, x4 and x2, adds inductor and onnxruntime; CUDA ``--quick`` 320x180 and 960x540, x4,
-fp32 and fp16; CUDA 256x256 (N=1 and 8), 320x180, 480x270, 960x540, x4 and x2, fp32/fp16/bf16; on CUDA
-every variant but fused_torch and onnxruntime.
+``add_arguments(parser)`` adds the options, ``run(args)`` runs the grid and prints the markdown table (returns 0;
+1 if a row was WRONG, CRASHED or TIMEOUT; 2 for bad arguments); ``python -m bcrn_fast.benchmarking`` is the same
+command. Sizes are LR ``WIDTHxHEIGHT`` (video convention: ``320x180`` at x4 is a 720p output). Default grids: CPU
+``--quick`` 64x64 x4 fp32 (eager, eager_cl, fused_torch); CPU 64x64 and 128x72, x4 and x2, adds inductor and
+onnxruntime; CUDA ``--quick`` 320x180 and 960x540, x4, fp32 and fp16; CUDA 256x256 (N=1 and 8), 320x180, 480x270,
+960x540, x4 and x2, fp32/fp16/bf16; on CUDA every variant but fused_torch and onnxruntime.
 """
 
 from __future__ import annotations
@@ -62,13 +61,6 @@ def _int_list(text: str, name: str) -> list[int]:
     if not values or any(v < 1 for v in values):
         raise UsageError(f"{name}: expected positive integers, got {text!r}")
     return values
-
-
-def _names(text: str, option: str, known: Any, groups: dict[str, Any], hint: str) -> list[str]:
-    try:
-        return expand_names(text, known, groups, f"{option}: unknown {{item}}; choose from {hint}")
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -150,15 +142,14 @@ def build_cases(args: argparse.Namespace, device_type: str) -> list[Case]:
     scales = _int_list(args.scales or ("4" if quick else "4,2"), "--scales")
     if bad := [s for s in scales if s not in SCALES]:
         raise UsageError(f"--scales: {bad[0]} is not one of {SCALES}")
-    default_dtypes = "fp32" if device_type == "cpu" else "fp32,fp16" if quick else "fp32,fp16,bf16"
-    dtypes = [d.strip() for d in (args.dtypes or default_dtypes).split(",") if d.strip()]
-    if bad := [d for d in dtypes if d not in DTYPES]:
-        raise UsageError(f"--dtypes: {bad[0]!r} is not one of {', '.join(DTYPES)}")
+    dtype_list = args.dtypes or ("fp32" if device_type == "cpu" else "fp32,fp16" if quick else "fp32,fp16,bf16")
+    dtypes = expand_names(dtype_list, DTYPES, {}, "--dtypes: {item} is not one of " + ", ".join(DTYPES))
     batch = _int_list(args.batch, "--batch") if args.batch else None
-    groups = {"modules": MODULE_TARGETS, "all": tuple(TARGETS)}
+    unknown = "--targets: unknown {item}; choose from " + ", ".join(TARGETS) + ", modules, all"
+    targets = expand_names(args.targets, TARGETS, {"modules": MODULE_TARGETS, "all": tuple(TARGETS)}, unknown)
     cases = [
         Case(target, scale, w, h, b, d)
-        for target in _names(args.targets, "--targets", TARGETS, groups, ", ".join(TARGETS) + ", modules, all")
+        for target in targets
         for scale in (scales if TARGETS[target].uses_scale else [None])
         for w, h in sizes
         for b in batch or [1, *([EXTRA_BATCH[(w, h)]] if (w, h) in EXTRA_BATCH else [])]
@@ -201,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
         variants = resolve_variants(args.variants, device.type, quick=bool(args.quick))
         if args.threads is not None and args.threads < 1:
             raise UsageError("--threads must be >= 1")
-    except (UsageError, ValueError) as exc:
+    except ValueError as exc:  # UsageError, or an unknown variant or target
         _say(f"bcrn-fast: error: bench: {exc}")
         return 2
     if args.threads is not None:

@@ -2,24 +2,21 @@
 
 For every row (target, scale, LR size, batch, dtype, variant):
 
-1. skip with a reason if the variant cannot run here (device, missing backend,
-   half precision on a CPU, time budget);
-2. build it from a private copy of the fp32 reference weights; the build and
-   the first call are timed together as ``compile_s`` (JIT, autotuning,
-   graph capture all happen there);
-3. **verify**: the first call's output and the output after warm-up are
-   compared with the fp32 eager reference (TF32 off) by relative Frobenius
-   error; above the dtype's tolerance (:mod:`bcrn_fast.tolerances`) the row is
+1. skip with a reason if the variant cannot run here (device, missing backend, half precision on a CPU, time
+   budget);
+2. build it from a private copy of the fp32 reference weights; the build and the first call are timed together
+   as ``compile_s`` (JIT, autotuning, graph capture all happen there);
+3. **verify**: the first call's output and the output after warm-up are compared with the fp32 eager reference
+   (TF32 off) by relative Frobenius error; above the dtype's tolerance (:mod:`bcrn_fast.tolerances`) the row is
    WRONG and never timed, and an exception anywhere makes it CRASHED;
-4. time it (:mod:`bcrn_fast.benchmarking.timing`), rotating input buffers;
-   measure peak memory over the warm-up calls;
-5. (CUDA) after every row is timed, rebuild the OK variants and count the
-   kernels of one forward with ``torch.profiler`` (a separate pass, so the
-   profiler never runs before a timing).
+4. time it (:mod:`bcrn_fast.benchmarking.timing`), rotating input buffers; measure peak memory over the warm-up
+   calls;
+5. (CUDA) after every row is timed, rebuild the OK variants and count the kernels of one forward with
+   ``torch.profiler`` (a separate pass, so the profiler never runs before a timing).
 
-:func:`schedule` is the one row loop, in-process (:meth:`Bench.run`) or a
-process per row (:mod:`~bcrn_fast.benchmarking.isolated`). Speedups, GB/s,
-TFLOP/s and the roofline fraction are derived by :func:`report.annotate`.
+:meth:`Bench.schedule` is the one row loop, in-process (:meth:`Bench.run`) or a process per row
+(:mod:`~bcrn_fast.benchmarking.isolated`). Speedups, GB/s, TFLOP/s and the roofline fraction are derived by
+:func:`report.annotate`.
 """
 
 from __future__ import annotations
@@ -38,7 +35,7 @@ from bcrn_fast.benchmarking.costs import target_traffic
 from bcrn_fast.benchmarking.variants import TARGETS, VARIANTS, BuildContext, Prepared, reference_weights
 from bcrn_fast.tolerances import TOLERANCE, rel_error
 
-__all__ = ["DTYPES", "STATUSES", "TOLERANCE", "Bench", "Case", "Options", "Row", "VerificationError", "schedule"]
+__all__ = ["DTYPES", "STATUSES", "TOLERANCE", "Bench", "Case", "Options", "Row", "VerificationError"]
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # WRONG: over tolerance (never timed); CRASHED: raised, or its process died; TIMEOUT: its process ran out of time
@@ -98,7 +95,7 @@ class Options:
 
 @dataclass
 class Row:
-    """One result row; ``to_dict`` is the JSON schema (report.ROW_KEYS)."""
+    """One result row; ``to_dict`` is the JSON schema."""
 
     target: str
     scale: int | None
@@ -129,8 +126,8 @@ class Row:
     weights: str | None = None
 
     @classmethod
-    def for_case(cls, case: Case, variant: str, status: str = "SKIPPED", reason: str | None = None) -> Row:
-        return cls(case.target, case.scale, case.width, case.height, case.batch, case.dtype, variant, status, reason)
+    def for_case(cls, case: Case, variant: str, status: str = "SKIPPED", reason: str | None = None, **kw: Any) -> Row:
+        return cls(**asdict(case), variant=variant, status=status, reason=reason, **kw)
 
     @property
     def case(self) -> Case:
@@ -144,9 +141,8 @@ class Row:
 def fp32_strict() -> Iterator[None]:
     """TF32 off for matmuls and cuDNN convs (fp32 means IEEE fp32), restored afterwards.
 
-    Uses the legacy ``allow_tf32`` flags (what Inductor reads); if this torch
-    refuses them (mixing with the ``fp32_precision`` API raises in torch >= 2.9),
-    sets ``fp32_precision = "ieee"`` instead.
+    Uses the legacy ``allow_tf32`` flags (what Inductor reads); if this torch refuses them (mixing with the
+    ``fp32_precision`` API raises in torch >= 2.9), sets ``fp32_precision = "ieee"`` instead.
     """
     saved: list[tuple[Any, str, Any]] = []
 
@@ -191,9 +187,8 @@ def check_output(out: Any, ref: torch.Tensor, dtype: str) -> float:
 def count_launch_events(events: Iterable[Any]) -> tuple[int, int]:
     """``(GPU kernels, host launch API calls)`` among profiler ``FunctionEvent``s.
 
-    Kernels are device-side (``DeviceType.CUDA``) events other than memcpy and
-    memset; launch calls are CPU-side runtime/driver launch APIs (a CUDA-graph
-    replay is one ``cudaGraphLaunch`` however many kernels it runs).
+    Kernels are device-side (``DeviceType.CUDA``) events other than memcpy and memset; launch calls are CPU-side
+    runtime/driver launch APIs (a CUDA-graph replay is one ``cudaGraphLaunch`` however many kernels it runs).
     """
     from torch.autograd import DeviceType
 
@@ -221,7 +216,6 @@ class Bench:
         self.release_error: str | None = None  # set when freeing memory after a row raised (CUDA fault)
         self.timer_calls = 0  # how many rows reached the timer (tests check WRONG rows never do)
 
-    # ------------------------------------------------------------------ shared state
     def reference(self, case: Case) -> tuple[torch.nn.Module, str]:
         """The fp32 reference module for ``case`` on the device, and where its weights came from."""
         key = (case.target, case.scale)
@@ -254,7 +248,6 @@ class Bench:
                 self._ref_out[key] = self.reference(case)[0](x).detach()
         return self._ref_out[key]
 
-    # ------------------------------------------------------------------ one row
     def skip_reason(self, case: Case, variant: str) -> str | None:
         if variant not in VARIANTS:
             return f"unknown variant {variant!r}"
@@ -267,8 +260,8 @@ class Bench:
     def prepare(self, case: Case, variant: str, row: Row | None = None) -> tuple[Prepared, Row]:
         """Build ``variant`` for ``case``, verify it, warm it up; fill ``row`` (status OK) and return it.
 
-        Raises :class:`VerificationError` (row WRONG) or any build/run error
-        (row CRASHED); the row's fields are filled as far as they got.
+        Raises :class:`VerificationError` (row WRONG) or any build/run error (row CRASHED); the row's fields are
+        filled as far as they got.
         """
         row = row or Row.for_case(case, variant)
         opts, device, cuda = self.options, self.device, self.device.type == "cuda"
@@ -322,25 +315,27 @@ class Bench:
         row.out_mpix_per_s = case.batch * out_px / 1e6 * 1e3 / res.median_ms
         return row
 
+    def plan(self, est_ms: float, target_sample_ms: float | None = None) -> tuple[int, int]:
+        """``(reps, inner)`` of :func:`timing.plan` under this run's options; a CPU sample is one call."""
+        opts, cuda = self.options, self.device.type == "cuda"
+        target = (opts.target_sample_ms if target_sample_ms is None else target_sample_ms) if cuda else 0.0
+        reps = opts.reps if cuda else opts.cpu_reps
+        return timing.plan(est_ms, target_sample_ms=target, reps=reps, max_row_s=opts.max_row_s)
+
     def default_timer(
         self, fn: Callable[[torch.Tensor], Any], xs: Sequence[torch.Tensor], est_ms: float
     ) -> timing.TimingResult:
-        """CUDA events (``options.timing`` method) or ``perf_counter``, sized by :func:`timing.plan`."""
-        opts = self.options
+        """CUDA events (``options.timing`` method) or ``perf_counter``, sized by :meth:`plan`."""
+        reps, inner = self.plan(est_ms)
         if self.device.type == "cuda":
-            reps, inner = timing.plan(
-                est_ms, target_sample_ms=opts.target_sample_ms, reps=opts.reps, max_row_s=opts.max_row_s
-            )
-            return timing.time_cuda(fn, xs, reps=reps, inner=inner, method=opts.timing)
-        reps, _ = timing.plan(est_ms, target_sample_ms=0.0, reps=opts.cpu_reps, max_row_s=opts.max_row_s)
+            return timing.time_cuda(fn, xs, reps=reps, inner=inner, method=self.options.timing)
         return timing.time_cpu(fn, xs, reps=reps)
 
     def profile_row(self, case: Case, row: Row) -> None:
         """Fill ``kernels_per_fwd`` / ``launch_calls_per_fwd`` of a timed row (CUDA).
 
-        The variant is rebuilt (and re-verified) for this: profiling runs in
-        a separate pass after every row was timed, because a CUPTI session can
-        leave callbacks behind that slow later launches. Never raises.
+        The variant is rebuilt (and re-verified) for this: profiling runs in a separate pass after every row was
+        timed, because a CUPTI session can leave callbacks behind that slow later launches. Never raises.
         """
         if self.device.type != "cuda" or row.status != "OK":
             return
@@ -366,13 +361,11 @@ class Bench:
         reason = self.skip_reason(case, variant)
         if reason is not None:
             return Row.for_case(case, variant, "SKIPPED", reason)
-        row = Row.for_case(case, variant)
-        target = TARGETS[case.target]
-        row.macs = target.macs(case.height, case.width, case.scale, case.batch)
-        row.flops = 2 * row.macs
+        macs = TARGETS[case.target].macs(case.height, case.width, case.scale, case.batch)
         params = sum(p.numel() for p in self.reference(case)[0].parameters())
         shape = (case.height, case.width, case.scale, case.batch, case.dtype)
-        row.bytes = target_traffic(case.target, *shape, params=params).bytes
+        traffic = target_traffic(case.target, *shape, params=params)
+        row = Row.for_case(case, variant, macs=macs, flops=2 * macs, bytes=traffic.bytes)
         prepared = None
         try:
             with fp32_strict(), torch.inference_mode():
@@ -405,61 +398,56 @@ class Bench:
     ) -> list[Row]:
         """All rows of ``cases`` x ``variants`` in this process, in display order.
 
-        Execution order is cheap variants first (tier 0 for every case, then the compiles, then the long
-        autotuning), so a time budget cuts the expensive rows, not the baselines. ``on_row(row, rows_done)``
-        is called after each row (used to write partial reports).
+        Execution order is cheap variants first (tier 0 for every case, then the compiles, then the long autotuning),
+        so a time budget cuts the expensive rows, not the baselines. ``on_row(row, rows_done)`` is called after each
+        row (used to write partial reports).
         """
         jobs = [(case, v) for case in cases for v in variants]
         tier = {name: v.tier for name, v in VARIANTS.items()}
         order = sorted(range(len(jobs)), key=lambda i: (tier.get(jobs[i][1], 0), i))
-        rows, deadline = schedule(
+        rows, deadline = self.schedule(
             jobs,
             order,
-            self.options.budget_s,
             need_s=lambda v: VARIANTS[v].est_build_s + 2 * self.options.max_row_s,
-            skip=self.skip_reason,
             execute=lambda case, v, _limit: self.run_one(case, v),
             on_row=on_row,
         )
         if self.device.type == "cuda" and self.options.profile:  # kernel counts last: never perturbs a timing
             for i in order:
-                row = rows[i]
-                if row.status != "OK" or (
-                    deadline is not None and deadline - time.monotonic() < VARIANTS[row.variant].est_build_s
-                ):
-                    continue
-                self.profile_row(jobs[i][0], row)
-                if on_row is not None:
-                    on_row(row, rows)
+                left = float("inf") if deadline is None else deadline - time.monotonic()
+                if rows[i].status == "OK" and left >= VARIANTS[rows[i].variant].est_build_s:
+                    self.profile_row(jobs[i][0], rows[i])
+                    if on_row is not None:
+                        on_row(rows[i], rows)
         return rows
 
+    def schedule(
+        self,
+        jobs: Sequence[tuple[Case, str]],
+        order: Sequence[int],
+        need_s: Callable[[str], float],
+        execute: Callable[[Case, str, float], Row],
+        on_row: Callable[[Row, list[Row]], None] | None = None,
+    ) -> tuple[list[Row], float | None]:
+        """Run ``jobs`` in ``order`` (the one loop of both runners); return the rows in job order and the deadline.
 
-def schedule(
-    jobs: Sequence[tuple[Case, str]],
-    order: Sequence[int],
-    budget_s: float | None,
-    need_s: Callable[[str], float],
-    skip: Callable[[Case, str], str | None],
-    execute: Callable[[Case, str, float], Row],
-    on_row: Callable[[Row, list[Row]], None] | None = None,
-) -> tuple[list[Row], float | None]:
-    """Run ``jobs`` in ``order`` (the one loop of both runners); return the rows in job order and the deadline.
-
-    A row is SKIPPED with ``skip``'s reason, or when what is left of ``budget_s`` is below ``need_s(variant)``;
-    otherwise ``execute(case, variant, need_s)`` makes it. ``on_row(row, rows_done)`` follows every row.
-    """
-    deadline = None if budget_s is None else time.monotonic() + budget_s
-    done: dict[int, Row] = {}
-    for i in order:
-        case, variant = jobs[i]
-        reason = skip(case, variant)
-        need = need_s(variant) if reason is None else 0.0
-        if reason is None and deadline is not None and (left := deadline - time.monotonic()) < need:
-            reason = f"time budget: {max(left, 0):.0f} s left, this row needs ~{need:.0f} s"
-        done[i] = Row.for_case(case, variant, "SKIPPED", reason) if reason else execute(case, variant, need)
-        if on_row is not None:
-            on_row(done[i], [done[k] for k in sorted(done)])
-    return [done[i] for i in range(len(jobs))], deadline
+        A row is SKIPPED with :meth:`skip_reason`'s reason, or when what is left of ``options.budget_s`` is below
+        ``need_s(variant)``; otherwise ``execute(case, variant, need_s)`` makes it. ``on_row(row, rows_done)``
+        follows every row.
+        """
+        budget_s = self.options.budget_s
+        deadline = None if budget_s is None else time.monotonic() + budget_s
+        done: dict[int, Row] = {}
+        for i in order:
+            case, variant = jobs[i]
+            reason = self.skip_reason(case, variant)
+            need = need_s(variant) if reason is None else 0.0
+            if reason is None and deadline is not None and (left := deadline - time.monotonic()) < need:
+                reason = f"time budget: {max(left, 0):.0f} s left, this row needs ~{need:.0f} s"
+            done[i] = Row.for_case(case, variant, "SKIPPED", reason) if reason else execute(case, variant, need)
+            if on_row is not None:
+                on_row(done[i], [done[k] for k in sorted(done)])
+        return [done[i] for i in range(len(jobs))], deadline
 
 
 def _one_line(exc: BaseException, limit: int = 300) -> str:

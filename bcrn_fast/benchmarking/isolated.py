@@ -1,13 +1,12 @@
 """Every benchmark row in its own process (``--isolate``): one fault cannot cost the other rows.
 
-On a GPU a kernel that faults leaves the CUDA context unusable for the rest of its process, and a kernel
-that hangs stops everything after it. So the parent never touches the GPU: it orders the rows
-(:data:`~bcrn_fast.benchmarking.variants.ISOLATED_ORDER`: baselines first, fused rows next, slow compile
-modes last) and runs ``python -m bcrn_fast.benchmarking.isolated SPEC.json RESULT.json`` per row under a
-timeout. The row is the child's own (made by :meth:`Bench.run_one`, kernels counted after its timing), or
-TIMEOUT when the child ran past its limit (its process group is killed), or CRASHED with the exit code or
-signal and its last output line when it died without a row. Rows share only the disk caches (Triton's,
-Inductor's).
+On a GPU a kernel that faults leaves the CUDA context unusable for the rest of its process, and a kernel that hangs
+stops everything after it. So the parent never touches the GPU: it orders the rows
+(:data:`~bcrn_fast.benchmarking.variants.ISOLATED_ORDER`: baselines first, fused rows next, slow compile modes last)
+and runs ``python -m bcrn_fast.benchmarking.isolated SPEC.json RESULT.json`` per row under a timeout. The row is the
+child's own (made by :meth:`Bench.run_one`, kernels counted after its timing), or TIMEOUT when the child ran past its
+limit (its process group is killed), or CRASHED with the exit code or signal and its last output line when it died
+without a row. Rows share only the disk caches (Triton's, Inductor's).
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from bcrn_fast.benchmarking.harness import Bench, Case, Options, Row, schedule
+from bcrn_fast.benchmarking.harness import Bench, Case, Options, Row
 from bcrn_fast.benchmarking.variants import ISOLATED_ORDER, VARIANTS
 
 __all__ = ["isolated_order", "row_timeout", "run_isolated"]
@@ -104,14 +103,12 @@ def run_isolated(
     reason. ``row_timeout_s`` caps every row's limit. Skips are decided here, without starting a child.
     """
     jobs = [(case, v) for case in cases for v in variants]
-    probe = Bench(options)  # availability checks only: it never builds a model here
+    probe = Bench(options)  # skips and the budget only: it never builds a model here
     with tempfile.TemporaryDirectory(prefix="bcrn_bench_row_") as tmp:
-        rows, _ = schedule(
+        rows, _ = probe.schedule(
             jobs,
             isolated_order(jobs),
-            options.budget_s,
             need_s=lambda v: row_timeout(v, options, row_timeout_s),
-            skip=probe.skip_reason,
             execute=lambda case, v, limit: _run_child(case, v, options, limit, Path(tmp)),
             on_row=on_row,
         )

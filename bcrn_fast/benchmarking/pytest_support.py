@@ -78,7 +78,7 @@ def make_harness() -> Bench:
 def run_benchmark(benchmark: Any, harness: Bench, case: Case, variant: str) -> None:
     """One row of ``bcrn-fast bench`` (:meth:`Bench.run_one`), timed by pytest-benchmark: SKIPPED rows skip
     with their reason, WRONG and CRASHED rows fail (never timed), OK rows get the report's derived numbers."""
-    device, opts, cuda = harness.device, harness.options, harness.device.type == "cuda"
+    device, cuda = harness.device, harness.device.type == "cuda"
     benchmark.group = case.label()
 
     def timer(fn: Any, xs: Any, est_ms: float) -> timing.TimingResult | None:
@@ -88,20 +88,15 @@ def run_benchmark(benchmark: Any, harness: Bench, case: Case, variant: str) -> N
             fn(next(cycle))
             timing.sync(device)
 
-        reps = opts.reps if cuda else opts.cpu_reps
-        rounds, iterations = timing.plan(
-            est_ms, target_sample_ms=5.0 if cuda else 0.0, reps=reps, max_row_s=opts.max_row_s
-        )
+        rounds, iterations = harness.plan(est_ms, target_sample_ms=5.0)
         if cuda:
             iterations, rounds = 1, max(rounds, 10)  # one synchronised call per iteration: latency as a caller sees it
         # prepare() already warmed up
         benchmark.pedantic(call, rounds=rounds, iterations=iterations, warmup_rounds=1 if cuda else 0)
-        stats = getattr(getattr(benchmark, "stats", None), "stats", None)  # None with --benchmark-disable
-        return (
-            None
-            if stats is None
-            else timing.TimingResult([d * 1e3 for d in stats.data], iterations, "pytest-benchmark")
-        )
+        stats = getattr(getattr(benchmark, "stats", None), "stats", None)
+        if stats is None:  # --benchmark-disable
+            return None
+        return timing.TimingResult([d * 1e3 for d in stats.data], iterations, "pytest-benchmark")
 
     row = harness.run_one(case, variant, timer=timer)
     if row.status == "SKIPPED":

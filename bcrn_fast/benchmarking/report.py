@@ -5,11 +5,10 @@ A report is one JSON object::
     {"schema": "bcrn_fast.bench/1", "created": ISO-8601 UTC, "env": {...},
      "config": {...}, "cost_model": {...}, "complete": bool, "rows": [ {...}, ... ]}
 
-``env`` (:func:`collect_environment`) holds device name, driver, torch/triton/CUDA versions and the git
-commit; each row holds the raw measurement (harness.Row) plus the fields :func:`annotate` derives:
-achieved GB/s and TFLOP/s from the stated byte/FLOP model (costs.py), the roofline floor and the fraction
-of it reached, speedup vs eager fp32 and vs the best torch.compile mode of the same dtype, and peak memory
-relative to eager of the same dtype.
+``env`` (:func:`collect_environment`) holds device name, driver, torch/triton/CUDA versions and the git commit; each
+row holds the raw measurement (harness.Row) plus the fields :func:`annotate` derives: achieved GB/s and TFLOP/s from
+the stated byte/FLOP model (costs.py), the roofline floor and the fraction of it reached, speedup vs eager fp32 and
+vs the best torch.compile mode of the same dtype, and peak memory relative to eager of the same dtype.
 """
 
 from __future__ import annotations
@@ -35,7 +34,6 @@ __all__ = ["SCHEMA", "annotate", "collect_environment", "device_slug", "load_rep
 __all__ += ["plot", "summary_lines", "write_report"]
 
 SCHEMA = "bcrn_fast.bench/1"
-ROW_KEYS = tuple(Row.__dataclass_fields__)
 DERIVED_KEYS = ("achieved_gbps", "achieved_tflops", "floor_ms", "floor_bound", "roofline_frac")
 DERIVED_KEYS += ("speedup_vs_eager_fp32", "speedup_vs_best_compile", "best_compile_variant", "mem_ratio_vs_eager")
 COST_MODEL = {
@@ -114,8 +112,9 @@ def _gpu_name(report_or_env: dict[str, Any]) -> str | None:
 
 
 # ----------------------------------------------------------------------------- derived numbers, JSON
-def _case_key(row: dict[str, Any]) -> tuple:
-    return (row["target"], row["scale"], row["width"], row["height"], row["batch"])
+def _case_key(row: dict[str, Any], dtype: str | None = None) -> tuple:
+    """A row's case and dtype (or the case with ``dtype`` instead)."""
+    return (row["target"], row["scale"], row["width"], row["height"], row["batch"], dtype or row["dtype"])
 
 
 def _ok(row: dict[str, Any]) -> bool:
@@ -129,18 +128,16 @@ def annotate(rows: Iterable[dict[str, Any]], device_name: str | None = None) -> 
     eager: dict[tuple, dict[str, Any]] = {}
     best_compile: dict[tuple, dict[str, Any]] = {}
     for r in filter(_ok, rows):
-        key = (*_case_key(r), r["dtype"])
+        key, best = _case_key(r), best_compile.get(_case_key(r))
         if r["variant"] == "eager":
             eager[key] = r
-        if r["variant"] in COMPILE_VARIANTS and r["median_ms"] < best_compile.get(key, {}).get(
-            "median_ms", float("inf")
-        ):
+        if r["variant"] in COMPILE_VARIANTS and (best is None or r["median_ms"] < best["median_ms"]):
             best_compile[key] = r
     for r in rows:
         r.update(dict.fromkeys(DERIVED_KEYS))
         if not _ok(r):
             continue
-        ms, key = r["median_ms"], (*_case_key(r), r["dtype"])
+        ms, key = r["median_ms"], _case_key(r)
         if r.get("bytes"):
             r["achieved_gbps"] = r["bytes"] / (ms * 1e-3) / 1e9
         if r.get("flops"):
@@ -148,7 +145,7 @@ def annotate(rows: Iterable[dict[str, Any]], device_name: str | None = None) -> 
         floor = roofline(r["flops"], r["bytes"], r["dtype"], peaks) if r.get("flops") and r.get("bytes") else None
         if floor is not None:
             r["floor_ms"], r["floor_bound"], r["roofline_frac"] = floor.floor_ms, floor.bound, floor.floor_ms / ms
-        if (base := eager.get((*_case_key(r), "fp32"))) is not None:
+        if (base := eager.get(_case_key(r, "fp32"))) is not None:
             r["speedup_vs_eager_fp32"] = base["median_ms"] / ms
         if (best := best_compile.get(key)) is not None:
             r["speedup_vs_best_compile"], r["best_compile_variant"] = best["median_ms"] / ms, best["variant"]
@@ -245,11 +242,16 @@ def _case_label(r: dict[str, Any]) -> tuple[str, str, str, str]:
     return r["target"], scale, f"{r['width']}x{r['height']}", str(r["batch"])
 
 
+def _title(r: dict[str, Any], batch: str) -> str:
+    """``"<target> [xS] WxH <batch><N> <dtype>"``: a case and dtype in one line."""
+    return " ".join(x for x in _case_label(r)[:3] if x != "–") + f" {batch}{r['batch']} {r['dtype']}"
+
+
 def _groups(rows: Iterable[dict[str, Any]]) -> dict[tuple, list[dict[str, Any]]]:
     """Rows by case and dtype, in first-seen order."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in rows:
-        groups.setdefault((*_case_key(r), r["dtype"]), []).append(r)
+        groups.setdefault(_case_key(r), []).append(r)
     return groups
 
 
@@ -336,10 +338,9 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         ok = [r for r in rs if _ok(r)]
         if not ok:
             continue
-        label = " ".join(x for x in _case_label(rs[0])[:3] if x != "–") + f" N={rs[0]['batch']} {rs[0]['dtype']}"
         per_img = {r["variant"]: r["median_ms"] / r["batch"] for r in ok}
         parts = [f"{v} {fmt_ms(ms)} ms/img" for v, ms in per_img.items() if v == "eager" or v.startswith("fused")]
-        text = f"{label}: " + ", ".join(parts)
+        text = f"{_title(rs[0], 'N=')}: " + ", ".join(parts)
         if "eager" in per_img:
             fused = [v for v in per_img if v.startswith("fused")]
             if fused:
@@ -355,8 +356,7 @@ def plot_groups(rows: Iterable[dict[str, Any]]) -> dict[str, dict[str, float]]:
     """The chart's bar groups: ``"<target> [xS] WxH N<batch> <dtype>"`` -> {variant: median ms} of the OK rows."""
     groups: dict[str, dict[str, float]] = {}
     for r in filter(_ok, rows):
-        label = " ".join(x for x in _case_label(r)[:3] if x != "–") + f" N{r['batch']} {r['dtype']}"
-        groups.setdefault(label, {})[r["variant"]] = r["median_ms"]
+        groups.setdefault(_title(r, "N"), {})[r["variant"]] = r["median_ms"]
     return groups
 
 

@@ -1,11 +1,11 @@
 """Timers: CUDA events on a GPU, ``time.perf_counter`` on a CPU; median and p20/p80.
 
-GPU method ``loop`` (the default): each sample is one CUDA-event interval around ``inner`` back-to-back
-calls that start from an idle device (synchronised before the start event), divided by ``inner``; the
-launch overhead stays in the number, as a user running the model in a loop sees it. Calls rotate through
-several input buffers so no input stays hot in L2. ``flush`` instead times every call alone between two
-events after overwriting a 256 MB buffer (L2 flushed, flush not timed) — the ``triton.testing.do_bench``
-method, which can hide launch overhead behind the flush. Warm-up calls are never timed.
+GPU method ``loop`` (the default): each sample is one CUDA-event interval around ``inner`` back-to-back calls that
+start from an idle device (synchronised before the start event), divided by ``inner``; the launch overhead stays in
+the number, as a user running the model in a loop sees it. Calls rotate through several input buffers so no input
+stays hot in L2. ``flush`` instead times every call alone between two events after overwriting a 256 MB buffer (L2
+flushed, flush not timed) — the ``triton.testing.do_bench`` method, which can hide launch overhead behind the flush.
+Warm-up calls are never timed.
 """
 
 from __future__ import annotations
@@ -64,12 +64,10 @@ def wall_ms(fn: Fn, x: torch.Tensor, device: torch.device) -> float:
     return (time.perf_counter() - t0) * 1e3
 
 
-def plan(
-    est_ms: float, *, target_sample_ms: float, reps: int, max_row_s: float, max_inner: int = 200
-) -> tuple[int, int]:
-    """``(reps, inner)`` so a sample lasts ~``target_sample_ms`` and the row ~``max_row_s`` at most."""
+def plan(est_ms: float, *, target_sample_ms: float, reps: int, max_row_s: float) -> tuple[int, int]:
+    """``(reps, inner)`` so a sample lasts ~``target_sample_ms`` (200 calls at most), a row ~``max_row_s`` at most."""
     est_ms = max(est_ms, 1e-3)
-    inner = max(1, min(max_inner, math.ceil(target_sample_ms / est_ms)))
+    inner = max(1, min(200, math.ceil(target_sample_ms / est_ms)))
     affordable = int(max_row_s * 1e3 / (est_ms * inner))
     return max(3, min(reps, affordable)), inner
 

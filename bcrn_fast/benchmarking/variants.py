@@ -1,13 +1,13 @@
 """What a benchmark compares: targets (the network or one fused block) and variants (implementations).
 
-A :class:`Target` builds its fp32 reference module (seeded random weights, or the official checkpoint for
-the model), makes inputs, names the ``bcrn_fast.fused`` class that replaces it and counts its FLOPs.
+A :class:`Target` builds its fp32 reference module (seeded random weights, or the official checkpoint for the model),
+makes inputs, names the ``bcrn_fast.fused`` class that replaces it and counts its FLOPs.
 
-A :class:`Variant` is a recipe: :meth:`Variant.unavailable` says why it cannot run here (the row is then
-SKIPPED with that reason), :meth:`Variant.build` turns the fp32 reference module into a callable
-``fn(x) -> y`` in the row's dtype. Every build starts from a private deep copy of the reference, so no
-variant can change the weights another one sees (fused modules share parameters with the module they are
-made from, and ``.to(dtype)`` would convert both). :data:`TARGETS` and :data:`VARIANTS` list them.
+A :class:`Variant` is a recipe: :meth:`Variant.unavailable` says why it cannot run here (the row is then SKIPPED with
+that reason), :meth:`Variant.build` turns the fp32 reference module into a callable ``fn(x) -> y`` in the row's
+dtype. Every build starts from a private deep copy of the reference, so no variant can change the weights another one
+sees (fused modules share parameters with the module they are made from, and ``.to(dtype)`` would convert both).
+:data:`TARGETS` and :data:`VARIANTS` list them.
 """
 
 from __future__ import annotations
@@ -48,10 +48,6 @@ class Target:
     def uses_scale(self) -> bool:
         return self.name == "model"
 
-    @property
-    def in_channels(self) -> int:
-        return 3 if self.name == "model" else NUM_FEATURES
-
     def reference(self, scale: int | None, seed: int) -> nn.Module:
         """A fresh fp32 reference module in eval mode with seeded random weights."""
         torch.manual_seed(seed)
@@ -60,15 +56,14 @@ class Target:
     def make_input(self, batch: int, height: int, width: int, seed: int) -> torch.Tensor:
         """A CPU fp32 input: an image-like RGB batch in [0, 1] for the model, N(0, 1) features for a module.
 
-        The image is bicubic-upsampled 1/8-resolution uniform noise plus
-        N(0, 0.03^2) detail, clamped: smooth like a photo. Pure per-pixel noise
-        is no good with the official weights — the network is ill-conditioned
-        there (fp32 eager itself is ~4e-4 away from float64, vs ~3e-7 on this
-        input or on Set5), so correct fp32 variants would fail verification.
+        The image is bicubic-upsampled 1/8-resolution uniform noise plus N(0, 0.03^2) detail, clamped: smooth like
+        a photo. Pure per-pixel noise is no good with the official weights — the network is ill-conditioned there
+        (fp32 eager itself is ~4e-4 away from float64, vs ~3e-7 on this input or on Set5), so correct fp32 variants
+        would fail verification.
         """
         gen = torch.Generator().manual_seed(seed)
         if self.name != "model":
-            return torch.randn((batch, self.in_channels, height, width), generator=gen)
+            return torch.randn((batch, NUM_FEATURES, height, width), generator=gen)
         coarse = torch.rand((batch, 3, max(2, height // 8), max(2, width // 8)), generator=gen)
         image = F.interpolate(coarse, size=(height, width), mode="bicubic", align_corners=False)
         return (image + 0.03 * torch.randn((batch, 3, height, width), generator=gen)).clamp_(0.0, 1.0)
