@@ -142,9 +142,7 @@ class BuildContext:
         """A private copy in the row's dtype; its parameters are normal tensors even when called under
         ``torch.inference_mode`` (fused modules track parameter versions, which inference tensors lack)."""
         with torch.inference_mode(False):
-            module = copy.deepcopy(self.reference).to(device=self.device, dtype=self.dtype)
-            if memory_format is not None:
-                module = module.to(memory_format=memory_format)
+            module = copy.deepcopy(self.reference).to(device=self.device, dtype=self.dtype, memory_format=memory_format)
         return module.eval().requires_grad_(False)
 
 
@@ -222,15 +220,13 @@ def _compiled(mode: str | None = None, backend: str = "inductor", mark_steps: bo
         torch._dynamo.reset()  # fresh caches: no recompile limit, no stale graphs of other rows
         module = ctx.fresh_reference()
         compiled = torch.compile(module, backend=backend, dynamic=False, **({"mode": mode} if mode else {}))
-        if not mark_steps:
-            return Prepared(compiled, keep=[module])
         mark = torch.compiler.cudagraph_mark_step_begin
 
         def fn(x: torch.Tensor) -> torch.Tensor:
             mark()  # one inference step per call: the previous output may be overwritten
             return compiled(x)
 
-        return Prepared(fn, keep=[module])
+        return Prepared(fn if mark_steps else compiled, keep=[module])
 
     return build
 
