@@ -64,7 +64,6 @@ def _int_list(text: str, name: str) -> list[int]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the ``bench`` options to ``parser``."""
     g = parser.add_argument_group("what to run")
     g.add_argument(
         "--quick",
@@ -159,14 +158,13 @@ def build_cases(args: argparse.Namespace, device_type: str) -> list[Case]:
 
 
 def _config(args: argparse.Namespace, device: torch.device, variants: list[str], options: Options) -> dict[str, Any]:
-    if device.type == "cpu":
-        timing = "time.perf_counter per call under torch.inference_mode"
-    elif options.timing == "loop":
-        timing = (
-            f"CUDA events around back-to-back calls from an idle GPU, inputs rotated over {options.n_buffers} buffers"
-        )
-    else:
-        timing = "CUDA events per call after a 256 MB L2 flush (do_bench style)"
+    timings = {
+        "cpu": "time.perf_counter per call under torch.inference_mode",
+        "loop": "CUDA events around back-to-back calls from an idle GPU, inputs rotated over "
+        f"{options.n_buffers} buffers",
+        "flush": "CUDA events per call after a 256 MB L2 flush (do_bench style)",
+    }
+    timing = timings["cpu" if device.type == "cpu" else options.timing]
     config = dict(argv=sys.argv[1:], quick=bool(args.quick), device=str(device), targets=args.targets)
     config.update(variants=variants, weights=args.weights, seed=args.seed, timing=options.timing)
     config.update(timing_desc=timing + "; median and p20/p80 of the samples", budget_s=options.budget_s)

@@ -269,11 +269,10 @@ class Bench:
         ref_module, row.weights = self.reference(case)
         ref, xs = self.reference_output(case), self.inputs(case)
 
+        ctx = BuildContext(TARGETS[case.target], ref_module, device, DTYPES[case.dtype], xs[0])
         timing.sync(device)
         t0 = time.perf_counter()
-        prepared = VARIANTS[variant].build(
-            BuildContext(TARGETS[case.target], ref_module, device, DTYPES[case.dtype], xs[0])
-        )
+        prepared = VARIANTS[variant].build(ctx)
         y = prepared.fn(xs[0])
         timing.sync(device)
         row.compile_s = time.perf_counter() - t0

@@ -11,6 +11,7 @@ without a row. Rows share only the disk caches (Triton's, Inductor's).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -64,15 +65,11 @@ def _run_child(case: Case, variant: str, options: Options, timeout_s: float, wor
         out, _ = proc.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
         timed_out = True
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
+        for sig in (signal.SIGTERM, signal.SIGKILL):  # ProcessLookupError: the group has gone already
+            with contextlib.suppress(ProcessLookupError, subprocess.TimeoutExpired):
                 os.killpg(proc.pid, sig)
                 out, _ = proc.communicate(timeout=5)
                 break
-            except ProcessLookupError:
-                break
-            except subprocess.TimeoutExpired:
-                pass
     elapsed = time.monotonic() - t0
     lines = (out or "").splitlines()
     if lines:

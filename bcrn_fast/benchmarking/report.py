@@ -177,8 +177,7 @@ def make_report(
 
 
 def load_report(path: str | os.PathLike[str]) -> dict[str, Any]:
-    with open(path, encoding="utf-8") as fh:
-        report = json.load(fh)
+    report = json.loads(Path(path).read_text(encoding="utf-8"))
     if report.get("schema") == SCHEMA:  # re-derive: the cost model or peaks table may have been updated
         report["rows"] = annotate(report["rows"], _gpu_name(report))
     return report
