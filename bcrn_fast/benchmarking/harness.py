@@ -44,7 +44,8 @@ _LAUNCH_APIS = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cu
 _LAUNCH_APIS += ("cudaLaunchCooperativeKernel", "cudaGraphLaunch", "cuGraphLaunch")
 _TIMED = ("median_ms", "p20_ms", "p80_ms", "images_per_s", "out_mpix_per_s")  # None unless the row is OK
 # A timer gets the verified fn, the input buffers and one call's wall-clock ms; None = not measured.
-Timer = Callable[[Callable[[torch.Tensor], Any], Sequence[torch.Tensor], float], "timing.TimingResult | None"]
+Timer = Callable[[timing.Fn, Sequence[torch.Tensor], float], "timing.TimingResult | None"]
+OnRow = Callable[["Row", "list[Row]"], None]  # on_row(row, rows_done), called after every row
 
 
 class VerificationError(AssertionError):
@@ -321,9 +322,7 @@ class Bench:
         reps = opts.reps if cuda else opts.cpu_reps
         return timing.plan(est_ms, target_sample_ms=target, reps=reps, max_row_s=opts.max_row_s)
 
-    def default_timer(
-        self, fn: Callable[[torch.Tensor], Any], xs: Sequence[torch.Tensor], est_ms: float
-    ) -> timing.TimingResult:
+    def default_timer(self, fn: timing.Fn, xs: Sequence[torch.Tensor], est_ms: float) -> timing.TimingResult:
         """CUDA events (``options.timing`` method) or ``perf_counter``, sized by :meth:`plan`."""
         reps, inner = self.plan(est_ms)
         if self.device.type == "cuda":
@@ -392,9 +391,7 @@ class Bench:
             except Exception as exc:  # the context is gone; later rows in this process will report it
                 self.release_error = f"{type(exc).__name__}: {_one_line(exc)}"
 
-    def run(
-        self, cases: Sequence[Case], variants: Sequence[str], on_row: Callable[[Row, list[Row]], None] | None = None
-    ) -> list[Row]:
+    def run(self, cases: Sequence[Case], variants: Sequence[str], on_row: OnRow | None = None) -> list[Row]:
         """All rows of ``cases`` x ``variants`` in this process, in display order.
 
         Execution order is cheap variants first (tier 0 for every case, then the compiles, then the long autotuning),
@@ -426,7 +423,7 @@ class Bench:
         order: Sequence[int],
         need_s: Callable[[str], float],
         execute: Callable[[Case, str, float], Row],
-        on_row: Callable[[Row, list[Row]], None] | None = None,
+        on_row: OnRow | None = None,
     ) -> tuple[list[Row], float | None]:
         """Run ``jobs`` in ``order`` (the one loop of both runners); return the rows in job order and the deadline.
 

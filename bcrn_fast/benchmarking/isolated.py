@@ -20,12 +20,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
-from bcrn_fast.benchmarking.harness import Bench, Case, Options, Row
+from bcrn_fast.benchmarking.harness import Bench, Case, OnRow, Options, Row
 from bcrn_fast.benchmarking.variants import ISOLATED_ORDER, VARIANTS
 
 __all__ = ["isolated_order", "row_timeout", "run_isolated"]
@@ -91,7 +91,7 @@ def run_isolated(
     cases: Sequence[Case],
     variants: Sequence[str],
     options: Options,
-    on_row: Callable[[Row, list[Row]], None] | None = None,
+    on_row: OnRow | None = None,
     row_timeout_s: float | None = None,
 ) -> list[Row]:
     """All rows of ``cases`` x ``variants`` (display order), each run in a fresh process.
