@@ -625,9 +625,10 @@ class Recorder:
             config = (
                 ", ".join(f"{k}={v}" for k, v in sorted(consts.items()) if not k.startswith("stride"))
                 + f", warps={options.num_warps}, stages={options.num_stages}"
+                + (f", maxnreg={options.maxnreg}" if getattr(options, "maxnreg", None) else "")
             )
             dtypes = ",".join(sorted({v for v in signature.values() if isinstance(v, str) and v.startswith("*")}))
-            key = f"{fn.__name__}|{arch}|{signature}|{constexprs}|{attrs}|{options.num_warps}|{options.num_stages}"
+            key = f"{fn.__name__}|{arch}|{signature}|{constexprs}|{attrs}|{config}"
             if key not in self._seen:
                 self._compile(fn, key, arch, target, signature, constexprs, attrs, options, config, dtypes)
             if self.phase is not None:
@@ -860,13 +861,14 @@ def drive_forward(
     shapes: tuple[tuple[int, int], ...] = FORWARD_SHAPES,
     scale: int = 4,
     dtype: torch.dtype = torch.float16,
+    precision: str = "ieee",
 ) -> None:
     """One BCRNFused forward per LR shape (batch 1), each launch logged under :func:`forward_phase`."""
     from bcrn_fast.fused import BCRNFused
 
     torch.manual_seed(0)
     model = BCRNFused(scale, backend="triton").to(dtype)
-    model.set_backend("triton", "ieee")
+    model.set_backend("triton", precision)
     with torch.inference_mode():
         for h, w in shapes:
             rec.phase = forward_phase(scale, dtype, h, w)

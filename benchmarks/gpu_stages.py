@@ -326,6 +326,7 @@ def profile(args: argparse.Namespace) -> int:
         out.write_text("\n".join(lines) + "\n")  # written per size: a timeout keeps what was measured
         print(f"profiled {w}x{h}: {total / 1e3:.3f} ms")
     if cuda:
+        lines += _convnext_candidates(out, lines)
         try:  # reads Triton's JIT cache internals: never lose the timings to a Triton version difference
             lines += _triton_metadata()
         except Exception as exc:
@@ -333,6 +334,28 @@ def profile(args: argparse.Namespace) -> int:
     out.write_text("\n".join(lines) + "\n")
     print(f"wrote {out}")
     return 0
+
+
+def _convnext_candidates(out: Path, lines: list[str]) -> list[str]:
+    """Measured time of the swept launches under the tables' configurations and their rivals
+    (``bcrn_fast.occupancy.TIMED``; docs/occupancy.md has the static prediction), written row by row."""
+    from bcrn_fast import occupancy
+
+    rows = [
+        "## Launch configurations, measured (first such launch of a x4 960x540 forward; docs/occupancy.md)",
+        "",
+        "| launch | candidate | us | GB/s (input read, outputs written once) |",
+        "| --- | --- | ---: | ---: |",
+    ]
+    for sweep, labels in occupancy.TIMED.items():
+        try:
+            for r in occupancy.time_candidates(sweep, labels):
+                name = f"**{r['label']}** (CONFIGS)" if r["in_table"] else r["label"]
+                rows.append(f"| {sweep} | {name} | {r['ms'] * 1e3:.1f} | {r['gbps']:.0f} |")
+                out.write_text("\n".join(lines + rows) + "\n")
+        except Exception as exc:  # a candidate that fails to compile must not cost the rest of the profile
+            rows.append(f"| {sweep} | (failed: {type(exc).__name__}: {str(exc)[:200]}) | | |")
+    return rows + [""]
 
 
 def _triton_metadata() -> list[str]:

@@ -20,7 +20,9 @@ class Config(NamedTuple):
     ``block_p`` is the pixel tile on large maps (``shrink``: halved on small
     maps, see :func:`pixel_tile`; otherwise only the width cap of :func:`natural_tile`); ``block_k`` caps the input
     channel chunk where the kernel has one (0: no cap / none); ``why`` the
-    ptxas fact (registers / spills, arch, Triton version) that chose it.
+    ptxas fact (registers / spills, arch, Triton version) that chose it;
+    ``maxnreg``: a per-thread register cap passed to ptxas (0: none), used
+    where a cap lets one more program share an SM without spilling.
     """
 
     block_p: int
@@ -29,6 +31,7 @@ class Config(NamedTuple):
     block_k: int = 0
     why: str = ""
     shrink: bool = True
+    maxnreg: int = 0
 
 
 class Rule(NamedTuple):

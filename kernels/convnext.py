@@ -194,23 +194,32 @@ def convnext_kernel(
 
 
 # --------------------------------------------------------------------------- launch configurations
-# From ptxas resource usage of the AOT-compiled kernel (C 64, HID 256, sm_80 and sm_90). Registers at these
-# configs (Triton 3.9, pipelined tap loop, polynomial GELU; sm_80 / sm_90, 0 spills): half 188-194 / 131-132,
-# tf32 168 / 214, IEEE 96 / 90. Facts: ``mode`` "ieee" / "tf32" (fp32) or "half"; ``wide``: the int64 offset
-# path; ``big``: the unshrunk tile is [128, 64]. The launcher passes no num_stages (Triton's default).
+# From ptxas resource usage of the AOT-compiled kernel (C 64, HID 256; sm_80/86/90, Triton 3.6 and 3.9).
+# Facts: ``mode`` "ieee" / "tf32" (fp32) or "half"; ``wide``: the int64 offset path; ``big``: the unshrunk
+# tile is [128, 64]; ``esa``: the ESA pre-map epilogue is on (every block of the model). ``block_k``: the
+# hidden chunk HID_BLOCK (0: 64); 3 stages (Triton's default) pipeline the hidden-chunk loop.
+# The two big rows were chosen by ``python -m bcrn_fast.occupancy`` (docs/occupancy.md): half [128, 64] with
+# 64-wide hidden chunks needs 131-194 registers, 1 program (8 warps) per SM; 32-wide chunks fit 109-128
+# registers, 2 programs (16 warps) per SM on sm_80/86/90 without spills, at the same L2 weight traffic and
+# +4-6 % instructions. tf32 [64, 4 warps] re-read 1.1 GB of fp32 W1/W2 from L2 per 960x540 launch and left
+# sm_86 4 warps per SM (80 KiB shared); [128, 8 warps] halves that, holds 8 warps per SM on all three and
+# issues 2-3 % fewer instructions on sm_90.
 # fmt: off
 CONFIGS = (
-    Rule({"mode": "ieee", "wide": True}, Config(16, 8, why="int64 offsets: 4 warps spill 8 B on sm_86/sm_89 (Triton 3.9)")),  # noqa: E501
-    Rule({"mode": "ieee"}, Config(16, 4, why="FMA dots (no tensor cores) spill above BLOCK_P 16")),
-    Rule({"mode": "tf32"}, Config(64, 4, why="tf32: BLOCK_P 64 on 4 warps, no spills")),
-    Rule({"mode": "half", "big": True}, Config(128, 8, why="half: BLOCK_P 128 on 8 warps, more pixels per W1/W2 chunk load")),  # noqa: E501
-    Rule({"mode": "half"}, Config(128, 4, why="tiles below 128 pixels: 4 warps")),
+    Rule({"mode": "ieee", "wide": True}, Config(16, 8, 3, why="int64 offsets: 4 warps spill 8 B on sm_86/sm_89 (Triton 3.9)")),  # noqa: E501
+    Rule({"mode": "ieee"}, Config(16, 4, 3, why="FMA dots (no tensor cores) spill above BLOCK_P 16")),
+    Rule({"mode": "tf32", "big": True, "esa": True}, Config(128, 8, 3, why="tf32 with the ESA epilogue (the model's blocks): 146-196 registers, 96-129 KiB shared, 1 program of 8 warps per SM, half the L2 weight reads of [64, 4 warps]; without the epilogue it puts 8-16 B on the stack on sm_86 (Triton 3.9; also with 32-wide chunks or 2 stages)")),  # noqa: E501
+    Rule({"mode": "tf32"}, Config(64, 4, 3, why="tf32 tiles below 128 pixels or without the ESA epilogue: BLOCK_P 64 on 4 warps, no spills")),  # noqa: E501
+    Rule({"mode": "half", "big": True}, Config(128, 8, 3, block_k=32, why="half: 32-wide hidden chunks, 109-128 registers: 2 programs (16 warps) per SM; 64-wide chunks need 131-194 (1 per SM)")),  # noqa: E501
+    Rule({"mode": "half"}, Config(128, 4, 3, why="tiles below 128 pixels: 4 warps")),
 )
 # fmt: on
 
 
-def launch_config(hw: int, dtype: torch.dtype, precision: str, wide_index: bool = False) -> tuple[int, int]:
-    """(BLOCK_P, num_warps) of ``CONFIGS`` for an ``hw``-pixel map (C = 64)."""
+def launch_config(
+    hw: int, dtype: torch.dtype, precision: str, wide_index: bool = False, has_esa: bool = True
+) -> tuple[int, ...]:
+    """(BLOCK_P, HID_BLOCK cap, num_warps, num_stages, maxnreg) of ``CONFIGS`` for an ``hw``-pixel map (C = 64)."""
     mode = ("ieee" if precision == "ieee" else "tf32") if dtype == torch.float32 else "half"
-    config = pick(CONFIGS, mode=mode, wide=wide_index, big=natural_tile(hw, 64) == 128)
-    return pixel_tile(config, hw, 64), config.num_warps
+    config = pick(CONFIGS, mode=mode, wide=wide_index, big=natural_tile(hw, 64) == 128, esa=has_esa)
+    return pixel_tile(config, hw, 64), config.block_k or 64, config.num_warps, config.num_stages, config.maxnreg

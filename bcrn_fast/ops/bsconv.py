@@ -29,7 +29,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bcrn_fast.kernels import next_pow2
 from bcrn_fast.ops import _common, backends, cuda_ext
 from bcrn_fast.validation import InputError
 
@@ -285,6 +284,7 @@ def _launch_gemm(a: BSConvArgs, out: torch.Tensor, im2col: bool = False, pw_only
     """``bsconv_kernel`` over ``a`` into ``out`` (the one-pass forms, or the pointwise pass: ``pw_only``)."""
     import triton
 
+    from bcrn_fast.kernels import next_pow2
     from bcrn_fast.kernels.bsconv import bsconv_kernel
 
     x, in_scale, residual = a.x, a.in_scale, a.residual
@@ -325,6 +325,7 @@ def _launch_depthwise(a: BSConvArgs, z: torch.Tensor, out: torch.Tensor) -> None
     """``depthwise_kernel``: the taps, bias, activation, residual and shuffle store of ``a`` from ``z``."""
     import triton
 
+    from bcrn_fast.kernels import next_pow2
     from bcrn_fast.kernels.bsconv import depthwise_kernel, dw_launch_config
 
     n, c, h, w = z.shape

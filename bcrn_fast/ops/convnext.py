@@ -31,7 +31,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bcrn_fast.kernels import next_pow2
 from bcrn_fast.ops import _common, backends, cuda_ext
 from bcrn_fast.validation import InputError
 
@@ -48,9 +47,6 @@ __all__ = [
     "pack_convnext",
     "pack_esa_pre",
 ]
-
-HIDDEN_BLOCK = 64  # hidden channels per chunk in the Triton kernel
-
 
 # --------------------------------------------------------------------------- packing
 
@@ -199,11 +195,12 @@ def _outputs(a: ConvNeXtArgs, out: torch.Tensor | None, out_a: torch.Tensor | No
 # --------------------------------------------------------------------------- launch config
 
 
-def _launch_config(hw: int, dtype: torch.dtype, precision: str, wide_index: bool = False) -> tuple[int, int]:
-    """(BLOCK_P, num_warps): the ``CONFIGS`` table of ``kernels/convnext.py`` (ptxas reasons in its rows)."""
+def _launch_config(*args: object, **kwargs: object) -> tuple[int, ...]:
+    """(BLOCK_P, HID_BLOCK cap, num_warps, num_stages, maxnreg): ``launch_config`` of ``kernels/convnext.py``,
+    its ``CONFIGS`` table (the seam tests and ``bcrn_fast.occupancy`` replace)."""
     from bcrn_fast.kernels.convnext import launch_config
 
-    return launch_config(hw, dtype, precision, wide_index)
+    return launch_config(*args, **kwargs)
 
 
 # --------------------------------------------------------------------------- backends
@@ -243,6 +240,7 @@ def convnext_triton(
     """Launch the fused Triton kernel (one launch); ``out``/``out_a`` (optional) are written in place."""
     import triton
 
+    from bcrn_fast.kernels import next_pow2
     from bcrn_fast.kernels.convnext import convnext_kernel
 
     t, esa_a = a.t, a.esa_a
@@ -259,9 +257,9 @@ def convnext_triton(
     ab = a.esa_b.contiguous() if has_esa else b1
     a_arg = e_out if has_esa else y
     c_pad = next_pow2(c)
-    hid_block = min(next_pow2(hid), HIDDEN_BLOCK)
     wide_index = _common.needs_wide_index(t, y, a_arg)
-    block_p, num_warps = _launch_config(h * w, t.dtype, a.precision, wide_index)
+    block_p, hid_cap, num_warps, num_stages, maxnreg = _launch_config(h * w, t.dtype, a.precision, wide_index, has_esa)
+    hid_block = min(next_pow2(hid), hid_cap)
     grid = (triton.cdiv(h * w, block_p), n)
     dot_precision = a.precision if t.dtype == torch.float32 else "tf32"  # ignored for half operands
     with _common.device_guard(t):  # launch on t's GPU, not the current one
@@ -273,7 +271,7 @@ def convnext_triton(
             E_PAD=next_pow2(e), PRECISION=dot_precision,
             DOT_IN_FP32=backends.interpreter_enabled() and t.dtype == torch.bfloat16,
             WIDE_INDEX=wide_index,
-            num_warps=num_warps,
+            num_warps=num_warps, num_stages=num_stages, **({"maxnreg": maxnreg} if maxnreg else {}),
         )  # fmt: skip
     return y, e_out
 
