@@ -142,7 +142,7 @@ TIMED = {
     "convnext-half": ("128x8", "128x8 hid 32", "128x8 maxnreg 128", "128x4", "64x4 hid 32"),
     "convnext-tf32": ("64x4", "128x8", "64x4 hid 32"),
     "bsconv-tf32": ("32x4 s3", "64x4 s2 k16", "128x8 s3 k16"),
-    "bsconv-half": ("128x8 s3",),
+    "bsconv-half": ("128x8 s3", "128x4 s3 k16", "128x8 s3 k16"),
 }
 
 
