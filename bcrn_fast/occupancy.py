@@ -271,10 +271,11 @@ def format_sweep(rows: list[dict]) -> str:
 
 
 def time_candidates(
-    name: str, labels: tuple[str, ...] | None = None, shape: tuple[int, int] = SWEEP_SHAPE
+    name: str, labels: tuple[str, ...] | None = None, shape: tuple[int, int] = SWEEP_SHAPE, device: str = "cuda"
 ) -> list[dict]:
     """Measured on the current CUDA device: each candidate's time for the first of sweep ``name``'s launches
-    in a x4 forward at ``shape`` (its real arguments; ``triton.testing.do_bench``, median ms)."""
+    in a x4 forward at ``shape`` (its real arguments; ``triton.testing.do_bench``, median ms; ``device``: where
+    the model runs, CUDA but for the tests' interpreter runs)."""
     import triton.testing
 
     from bcrn_fast.fused import BCRNFused
@@ -286,7 +287,7 @@ def time_candidates(
     else:  # the BCB's 3x3 64 -> 64 BSConv (not conv1, ESA or the two-pass launches)
         impls, run = bsconv.BSCONV_IMPLS, bsconv.bsconv_triton
         wanted = lambda a: a.x.shape[1] == 64 and a.pw_t.shape[1] == 64 and a.ksize == 3 and a.stride == 1  # noqa: E731
-    model = BCRNFused(4, backend="triton").to("cuda", sw.dtype)
+    model = BCRNFused(4, backend="triton").to(device, sw.dtype)
     model.set_backend("triton", sw.precision)
     seen: list = []
     original = impls["triton"]
@@ -299,7 +300,7 @@ def time_candidates(
     impls["triton"] = spy
     try:
         with torch.inference_mode():
-            model(torch.rand(1, 3, *shape, device="cuda", dtype=sw.dtype))
+            model(torch.rand(1, 3, *shape, device=device, dtype=sw.dtype))
     finally:
         impls["triton"] = original
     a = seen[0]

@@ -83,3 +83,43 @@ def test_candidate_labels_name_their_configs():
     for sweep in occupancy.SWEEPS.values():  # no two candidates of a sweep are the same launch
         assert len({c for _, c in sweep.candidates}) == len(sweep.labels)
     assert all(occupancy.candidate(label).block_p in (32, 64, 128) for label in labels)
+
+
+@pytest.mark.parametrize(
+    ("name", "labels"), [("convnext-half", ("128x8", "128x8 hid 32")), ("bsconv-tf32", ("32x4 s3", "64x4 s2 k16"))]
+)
+def test_time_candidates_runs_each_candidate_on_the_captured_launch(monkeypatch, name, labels):
+    """The GPU check's timing path, in the interpreter: the captured launch runs under each candidate's
+    configuration (the launcher's lookup returns it) and every candidate computes the same output."""
+    import torch
+    import triton.testing
+
+    from bcrn_fast.ops import bsconv, convnext
+
+    sweep = occupancy.SWEEPS[name]
+    op = convnext if sweep.kernel == "convnext_kernel" else bsconv
+    seen = []
+
+    def bench(fn, **_):
+        config = occupancy.candidate(labels[len(seen)], sweep.shrink)
+        args = (4096, sweep.dtype, sweep.precision) if op is convnext else (4096, 64, 64, sweep.dtype, sweep.precision)
+        block_p, chunk, warps, stages = op._launch_config(*args)[:4]  # what the launcher looks up now
+        assert (block_p, chunk, warps, stages) == (
+            config.block_p,
+            config.block_k or 64,
+            config.num_warps,
+            config.num_stages,
+        )
+        out = fn()
+        seen.append((out[0] if isinstance(out, tuple) else out).float().clone())
+        return 1.0 + len(seen)
+
+    monkeypatch.setattr(triton.testing, "do_bench", bench)
+    rows = occupancy.time_candidates(name, labels, shape=(20, 24), device="cpu")
+    assert [r["label"] for r in rows] == list(labels) and [r["ms"] for r in rows] == [2.0, 3.0]
+    assert [r["in_table"] for r in rows] == [
+        occupancy.in_table(name, occupancy.candidate(x, sweep.shrink)) for x in labels
+    ]
+    assert sum(r["in_table"] for r in rows) == 1 and all(r["gbps"] > 0 for r in rows)
+    tol = 1e-2 if sweep.dtype == torch.float16 else 1e-4  # the chunking changes the accumulation order only
+    torch.testing.assert_close(seen[0], seen[1], rtol=tol, atol=tol)
