@@ -883,7 +883,7 @@ def _in_channels(module: torch.nn.Module) -> int:
 
 
 def _drive_small_esa_apply() -> None:
-    """esa_apply's launcher on a 4x4 map (the op itself needs 15x15): the fp32 IEEE small-tile row."""
+    """esa_apply's launcher on a 4x4 map (the op itself needs 15x15): the fp32 small-tile rows (IEEE, tf32)."""
     from bcrn_fast.fused import FusedESA
     from bcrn_fast.ops.esa import esa_apply_triton
 
@@ -892,7 +892,8 @@ def _drive_small_esa_apply() -> None:
     t = torch.rand(n, 64, h, w).to(memory_format=torch.channels_last)
     c3 = torch.rand(n, 16, 1, 1).to(memory_format=torch.channels_last)
     out = torch.empty_like(t)
-    esa_apply_triton(t, c3, pack.wf, pack.bf, pack.w4, pack.b4, out, 0, None, None, None, None, "ieee")
+    for precision in ("ieee", "tf32"):
+        esa_apply_triton(t, c3, pack.wf, pack.bf, pack.w4, pack.b4, out, 0, None, None, None, None, precision)
 
 
 def compile_all(

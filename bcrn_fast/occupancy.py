@@ -1,10 +1,11 @@
-"""How many programs of a compiled kernel share an SM, and launch-configuration sweeps (ConvNeXt, BSConv).
+"""How many programs of a compiled kernel share an SM, and launch-configuration sweeps (ConvNeXt, BSConv, ESA).
 
 `python -m bcrn_fast.occupancy` compiles the launches of one BCRNFused x4 forward at 960x540 under each
 candidate configuration of a sweep in `SWEEPS` (`bcrn_fast/occupancy.py`: the six ConvNeXt launches with
-their ESA epilogue, in fp16 and in fp32 tf32; the six BCB 3x3 BSConvs in fp32 tf32) for sm_80/86/90,
-without a GPU (`bcrn_fast.aot`'s recorder), and tabulates what decides the rows of `kernels/convnext.py`'s
-and `kernels/bsconv.py`'s `CONFIGS` (docs/occupancy.md):
+their ESA epilogue, in fp16 and in fp32 tf32; the six BCB 3x3 BSConvs in fp32 tf32 and fp16; the six ESA
+apply launches in fp16) for sm_80/86/90, without a GPU (`bcrn_fast.aot`'s recorder), and tabulates what
+decides the rows of the `CONFIGS` tables of `kernels/convnext.py`, `bsconv.py` and `esa.py`
+(docs/occupancy.md):
 
 - ptxas registers, spills and Triton's shared memory per program -> programs (CTAs) and warps per SM
   (`residency`, the CUDA occupancy rules below);
@@ -135,6 +136,11 @@ SWEEPS: dict[str, Sweep] = {
          "64x4 s2 k16"),
         64 * 64 * 2 + (_BSCONV_WEIGHTS - 64 * 64) * 4, _BCB_BSCONV, shrink=False,  # pw fp16; taps, bias, scale fp32
     ),
+    "esa-apply-half": Sweep(
+        "esa_apply_kernel", torch.float16, "ieee",
+        ("128x8", "128x4", "64x4", "64x2", "32x2", "128x16", "32x1", "64x1"),
+        (64 * 16 * 2) * 2 + (64 * 4 * 2 + 64 + 4 + 16) * 4,  # Wf, W4 in fp16; CCA squeeze weights, biases fp32
+    ),
 }  # fmt: skip
 SWEEP_SHAPE = (540, 960)  # LR (H, W): the 960x540 x4 forward of the instruction tables
 # What the GPU check times (benchmarks/gpu_stages.py profile): the table's rows and their closest rivals
@@ -143,6 +149,7 @@ TIMED = {
     "convnext-tf32": ("64x4", "128x8", "64x4 hid 32"),
     "bsconv-tf32": ("32x4 s3", "64x4 s2 k16", "128x8 s3 k16"),
     "bsconv-half": ("128x8 s3", "128x4 s3 k16", "128x8 s3 k16"),
+    "esa-apply-half": ("128x8", "64x2", "32x2"),
 }
 
 
@@ -153,12 +160,15 @@ def _mode(sweep: Sweep) -> str:
 
 def table_choice(name: str) -> Config:
     """What the kernel's ``CONFIGS`` picks for sweep ``name``'s launches on a big map (int32 offsets)."""
-    from bcrn_fast.kernels import bsconv, convnext
+    from bcrn_fast.kernels import bsconv, convnext, esa
 
     sweep = SWEEPS[name]
+    mode = _mode(sweep)
     if sweep.kernel == "convnext_kernel":
-        return pick(convnext.CONFIGS, mode=_mode(sweep), wide=False, big=True, esa=True)
-    return pick(bsconv.CONFIGS, mode=_mode(sweep), narrow=False, cout_pad=64, wide=False, big=True, pw_only=False)
+        return pick(convnext.CONFIGS, mode=mode, wide=False, big=True, esa=True)
+    if sweep.kernel == "esa_apply_kernel":
+        return pick(esa.CONFIGS, kernel="apply", mode=mode, big=True, tiny=False, fp32=mode != "half")
+    return pick(bsconv.CONFIGS, mode=mode, narrow=False, cout_pad=64, wide=False, big=True, pw_only=False)
 
 
 def in_table(name: str, config: Config) -> bool:
@@ -170,11 +180,9 @@ def in_table(name: str, config: Config) -> bool:
 def fixed_config(name: str, config: Config) -> Iterator[None]:
     """Within the block, the launches of sweep ``name`` use ``config`` (pixel tile capped at the map like the table)."""
     from bcrn_fast.kernels import pixel_tile
-    from bcrn_fast.ops import bsconv, convnext
+    from bcrn_fast.ops import bsconv, convnext, esa
 
     sweep = SWEEPS[name]
-    op = convnext if sweep.kernel == "convnext_kernel" else bsconv
-    original = op._launch_config
 
     def convnext_fixed(hw: int, *_: object) -> tuple[int, ...]:
         return pixel_tile(config, hw, 64), config.block_k or 64, config.num_warps, config.num_stages, config.maxnreg
@@ -187,11 +195,20 @@ def fixed_config(name: str, config: Config) -> Iterator[None]:
         block_k = min(block_k, config.block_k) if config.block_k else block_k
         return pixel_tile(config, hw, 64), block_k, config.num_warps, config.num_stages
 
-    op._launch_config = convnext_fixed if op is convnext else bsconv_fixed
+    def esa_fixed(hw: int, channels: int, *_: object) -> tuple[int, int, int]:  # the launcher and workspace sizing
+        return pixel_tile(config, hw, channels), config.num_warps, config.num_stages
+
+    op, attr, fixed = {
+        "convnext_kernel": (convnext, "_launch_config", convnext_fixed),
+        "bsconv_kernel": (bsconv, "_launch_config", bsconv_fixed),
+        "esa_apply_kernel": (esa, "apply_launch_config", esa_fixed),
+    }[sweep.kernel]
+    original = getattr(op, attr)
+    setattr(op, attr, fixed)
     try:
         yield
     finally:
-        op._launch_config = original
+        setattr(op, attr, original)
 
 
 def _selected(launch: dict, sweep: Sweep) -> bool:
@@ -279,23 +296,31 @@ def time_candidates(
     import triton.testing
 
     from bcrn_fast.fused import BCRNFused
-    from bcrn_fast.ops import bsconv, convnext
+    from bcrn_fast.ops import bsconv, convnext, esa
 
     sw = SWEEPS[name]
-    if sw.kernel == "convnext_kernel":
-        impls, run, wanted = convnext.CONVNEXT_IMPLS, convnext.convnext_triton, lambda a: True
-    else:  # the BCB's 3x3 64 -> 64 BSConv (not conv1, ESA or the two-pass launches)
-        impls, run = bsconv.BSCONV_IMPLS, bsconv.bsconv_triton
-        wanted = lambda a: a.x.shape[1] == 64 and a.pw_t.shape[1] == 64 and a.ksize == 3 and a.stride == 1  # noqa: E731
+    # (the op's impl table, which captured call to time, its input map, its output channels per input channel)
+    impls, wanted, key, out_ratio = {
+        "convnext_kernel": (convnext.CONVNEXT_IMPLS, lambda a, *_: True, "t", 1 + 16 / 64),  # y and the ESA map
+        # the BCB's 3x3 64 -> 64 BSConv (not conv1, ESA or the two-pass launches)
+        "bsconv_kernel": (
+            bsconv.BSCONV_IMPLS,
+            lambda a, *_: a.x.shape[1] == a.pw_t.shape[1] == 64 and a.ksize == 3 and a.stride == 1,
+            "x",
+            1,
+        ),
+        "esa_apply_kernel": (esa.ESA_APPLY_IMPLS, lambda *_: True, 0, 1),
+    }[sw.kernel]
     model = BCRNFused(4, backend="triton").to(device, sw.dtype)
     model.set_backend("triton", sw.precision)
     seen: list = []
     original = impls["triton"]
 
-    def spy(a, *rest):  # noqa: ANN001, ANN202 - the impl signature
-        if wanted(a):
-            seen.append(a)
-        return original(a, *rest)
+    def spy(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 - the impl signature
+        if wanted(*args):
+            # esa_apply: a fresh zeroed merge workspace per call (a workspace's counters serve one launch)
+            seen.append((args, {**kwargs, "workspace": None} if "workspace" in kwargs else kwargs))
+        return original(*args, **kwargs)
 
     impls["triton"] = spy
     try:
@@ -303,16 +328,16 @@ def time_candidates(
             model(torch.rand(1, 3, *shape, device=device, dtype=sw.dtype))
     finally:
         impls["triton"] = original
-    a = seen[0]
-    x = a.t if sw.kernel == "convnext_kernel" else a.x
-    # DRAM floor traffic: the input read once, the output written once (ConvNeXt: + the 16-channel ESA map)
-    dram = x.numel() * x.element_size() * (2 + (16 / x.shape[1] if sw.kernel == "convnext_kernel" else 0))
+    args, kwargs = seen[0]
+    x = args[0] if isinstance(key, int) else getattr(args[0], key)
+    # DRAM floor traffic: the input map read once, the outputs written once
+    dram = x.numel() * x.element_size() * (1 + out_ratio)
     rows = []
     for label, config in sw.candidates:
         if labels is not None and label not in labels:
             continue
         with fixed_config(name, config), torch.inference_mode():
-            ms = triton.testing.do_bench(lambda: run(a), warmup=5, rep=30, return_mode="median")
+            ms = triton.testing.do_bench(lambda: original(*args, **kwargs), warmup=5, rep=30, return_mode="median")
         rows.append(
             {"sweep": name, "label": label, "in_table": in_table(name, config), "ms": ms, "gbps": dram / ms / 1e6}
         )
@@ -331,7 +356,7 @@ REGENERATE = """Regenerate (CPU only, `TRITON_INTERPRET` unset; about 1 min per 
 
 def format_document(runs: list[dict], note: str = "") -> str:
     """docs/occupancy.md: how it was made, the note (the choice and its reasons), one table per Triton version."""
-    lines = ["# Launch configurations: occupancy, instructions, L2 traffic (ConvNeXt, BSConv)", "", REGENERATE]
+    lines = ["# Launch configurations: occupancy, instructions, L2 traffic (ConvNeXt, BSConv, ESA)", "", REGENERATE]
     lines += [__doc__.split("\n\n", 1)[1].strip(), ""]
     if note:
         lines += [note, ""]

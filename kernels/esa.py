@@ -377,16 +377,19 @@ def esa_apply_kernel(
 
 # --------------------------------------------------------------------------- launch configurations
 # Fact ``kernel``: which kernel looks the table up.
-# esa_apply_kernel with fp32 IEEE dots (FMA loops, no tensor cores); its other modes take kernels/cca.py's
-# rows (the same [BLOCK_P, 64] tile and register budget). esa_pool_kernel runs the fixed POOL_BLOCK.
-# Fact ``big``: the (capped) tile has 4K elements or more.
+# esa_apply_kernel: ``mode`` "ieee" (fp32 IEEE dots: FMA loops, no tensor cores), "tf32" or "half" (fp16/bf16);
+# 3 stages is Triton's default (the launcher passed none before the rows said so).
+# Fact ``big``: the (capped) tile has 4K elements or more. esa_pool_kernel runs the fixed POOL_BLOCK.
 # esa_low_kernel, every dtype and precision: ``block_p`` is the S² pixels of its square halo block (S - 6
 # owned per side). Fact ``tiny``: the pooled map fits one 8x8 block's 2x2 owned pixels (inputs below 27 px).
 FMA_BLOCK_P = 64  # esa_apply at [128, 64] spills 1.6 KB of stack even at 8 warps; [64, 64] fits in 172 registers
 # fmt: off
 CONFIGS = (
-    Rule({"kernel": "apply", "big": True}, Config(FMA_BLOCK_P, 8, why="[64, 64] FMA dots: 172 registers on 8 warps, no spills")),  # noqa: E501
-    Rule({"kernel": "apply"}, Config(FMA_BLOCK_P, 4, why="tiles under 4K elements: 4 warps")),
+    Rule({"kernel": "apply", "mode": "ieee", "big": True}, Config(FMA_BLOCK_P, 8, 3, why="[64, 64] FMA dots: 172 registers on 8 warps, no spills")),  # noqa: E501
+    Rule({"kernel": "apply", "mode": "ieee"}, Config(FMA_BLOCK_P, 4, 3, why="tiles under 4K elements: 4 warps")),
+    Rule({"kernel": "apply", "mode": "half"}, Config(64, 2, 3, why="docs/occupancy.md: [64, 64] on 2 warps, 128-167 registers, 6-7 programs (12-14 warps) per SM, no spills, 21-27 % fewer instructions than [128, 64] on 8 warps")),  # noqa: E501
+    Rule({"kernel": "apply", "big": True}, Config(128, 8, 3, why="tf32 [128, 64] at 8 warps: 128-130 registers; 4 or 2 warps spill 40-80 B on sm_80/sm_90")),  # noqa: E501
+    Rule({"kernel": "apply"}, Config(128, 4, 3, why="tf32 tiles under 4K elements: 4 warps")),
     Rule({"kernel": "low", "tiny": True}, Config(64, 2, why="8x8 block, [64, 16] tiles: 2 warps, no spills")),
     Rule({"kernel": "low", "fp32": True}, Config(256, 8, why="fp32 16x16 block: 4 warps spill 8-72 B at 255 registers on sm_86/sm_89 (Triton 3.6)")),  # noqa: E501
     Rule({"kernel": "low"}, Config(256, 4, why="16x16 block, [256, 16] half tiles: 4 warps, no spills")),
@@ -394,16 +397,18 @@ CONFIGS = (
 # fmt: on
 
 
-def launch_config(hw: int, channels: int) -> tuple[int, int]:
-    """(BLOCK_P, num_warps) of ``CONFIGS`` (fp32 IEEE esa_apply) for ``[BLOCK_P, channels]`` over ``hw`` pixels."""
-    tile = min(natural_tile(hw, channels), FMA_BLOCK_P)
-    config = pick(CONFIGS, kernel="apply", big=tile * channels >= 4096, tiny=False, fp32=True)
-    return pixel_tile(config, hw, channels), config.num_warps
+def launch_config(hw: int, channels: int, mode: str = "ieee") -> tuple[int, int, int]:
+    """(BLOCK_P, num_warps, num_stages) of ``CONFIGS`` for esa_apply's ``[BLOCK_P, channels]`` tile over ``hw``
+    pixels in ``mode`` ("ieee" / "tf32" fp32 dots, "half" for fp16/bf16)."""
+    tile = natural_tile(hw, channels)
+    tile = min(tile, FMA_BLOCK_P) if mode == "ieee" else tile
+    config = pick(CONFIGS, kernel="apply", mode=mode, big=tile * channels >= 4096, tiny=False, fp32=mode != "half")
+    return pixel_tile(config, hw, channels), config.num_warps, config.num_stages
 
 
 def low_launch_config(hl: int, wl: int, dtype: torch.dtype = torch.float16) -> tuple[int, int]:
     """(S, num_warps) of ``CONFIGS`` for esa_low_kernel on an ``hl x wl`` pooled ``dtype`` map: S is the block side."""
-    config = pick(CONFIGS, kernel="low", big=False, tiny=max(hl, wl) <= 2, fp32=dtype == torch.float32)
+    config = pick(CONFIGS, kernel="low", mode="", big=False, tiny=max(hl, wl) <= 2, fp32=dtype == torch.float32)
     side = 8
     while side * side < config.block_p:
         side *= 2

@@ -35,6 +35,7 @@ from bcrn_fast.ops.cca import (
     merge_steps,
     pack_cca,
 )
+from bcrn_fast.ops.esa import apply_launch_config
 from bcrn_fast.validation import InputError
 from tests.test_op_cca import cca_ref, random_cca, random_map
 from tests.utils import assert_close_to_ref
@@ -132,9 +133,17 @@ def test_merge_tree_independent_of_arrival_order(n, h, w, block_p, block_t, grou
 def test_merge_depth_at_960x540():
     """The launcher's tree at 960x540: <= 8 dependent steps (one level: cdiv(4050, 32) = 127)."""
     hw = 960 * 540
-    # cca_scale and half esa_apply: 128-pixel tiles; fp32 IEEE esa_apply: 64
-    for fma_dots, want in ((False, (128, 4050, 64, 4)), (True, (64, 8100, 64, 6))):
-        block_p, _ = launch_settings(hw, 64, fma_dots=fma_dots)
+    # cca_scale and tf32 esa_apply: 128-pixel tiles; half and fp32 IEEE esa_apply: 64
+    configs = {
+        "cca_scale": launch_settings(hw, 64)[:1],
+        "esa_apply tf32": apply_launch_config(hw, 64, torch.float32, "tf32"),
+        "esa_apply half": apply_launch_config(hw, 64, torch.float16, "ieee"),
+        "esa_apply ieee": apply_launch_config(hw, 64, torch.float32, "ieee"),
+    }
+    wants = {128: (128, 4050, 64, 4), 64: (64, 8100, 64, 6)}
+    assert [block_p for block_p, *_ in configs.values()] == [128, 128, 64, 64]
+    for block_p, *_ in configs.values():
+        want = wants[block_p]
         tiles = triton.cdiv(hw, block_p)
         group = merge_group(tiles)
         steps = merge_steps(tiles, group)

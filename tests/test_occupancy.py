@@ -86,7 +86,12 @@ def test_candidate_labels_name_their_configs():
 
 
 @pytest.mark.parametrize(
-    ("name", "labels"), [("convnext-half", ("128x8", "128x8 hid 32")), ("bsconv-tf32", ("32x4 s3", "64x4 s2 k16"))]
+    ("name", "labels"),
+    [
+        ("convnext-half", ("128x8", "128x8 hid 32")),
+        ("bsconv-tf32", ("32x4 s3", "64x4 s2 k16")),
+        ("esa-apply-half", ("128x8", "64x2")),
+    ],
 )
 def test_time_candidates_runs_each_candidate_on_the_captured_launch(monkeypatch, name, labels):
     """The GPU check's timing path, in the interpreter: the captured launch runs under each candidate's
@@ -94,26 +99,36 @@ def test_time_candidates_runs_each_candidate_on_the_captured_launch(monkeypatch,
     import torch
     import triton.testing
 
-    from bcrn_fast.ops import bsconv, convnext
+    from bcrn_fast.ops import bsconv, convnext, esa
 
     sweep = occupancy.SWEEPS[name]
-    op = convnext if sweep.kernel == "convnext_kernel" else bsconv
     seen = []
 
+    def looked_up() -> tuple:  # what the launcher's lookup returns now, for a big map
+        if sweep.kernel == "convnext_kernel":
+            return convnext._launch_config(4096, sweep.dtype, sweep.precision)[:4]
+        if sweep.kernel == "bsconv_kernel":
+            return bsconv._launch_config(4096, 64, 64, sweep.dtype, sweep.precision)
+        return esa.apply_launch_config(4096, 64, sweep.dtype, sweep.precision)
+
+    captured: list = []  # esa_apply's arguments: it writes its slice of the output buffer (argument 6) in place
+
+    def capture(*args, **kwargs):
+        if not captured:
+            captured.extend(args)
+        return esa_apply(*args, **kwargs)
+
     def bench(fn, **_):
-        config = occupancy.candidate(labels[len(seen)], sweep.shrink)
-        args = (4096, sweep.dtype, sweep.precision) if op is convnext else (4096, 64, 64, sweep.dtype, sweep.precision)
-        block_p, chunk, warps, stages = op._launch_config(*args)[:4]  # what the launcher looks up now
-        assert (block_p, chunk, warps, stages) == (
-            config.block_p,
-            config.block_k or 64,
-            config.num_warps,
-            config.num_stages,
-        )
+        c = occupancy.candidate(labels[len(seen)], sweep.shrink)
+        chunk = () if sweep.kernel == "esa_apply_kernel" else (c.block_k or 64,)
+        assert looked_up() == (c.block_p, *chunk, c.num_warps, c.num_stages)
         out = fn()
-        seen.append((out[0] if isinstance(out, tuple) else out).float().clone())
+        out = captured[6] if sweep.kernel == "esa_apply_kernel" else out[0] if isinstance(out, tuple) else out
+        seen.append(out.float().clone())
         return 1.0 + len(seen)
 
+    esa_apply = esa.ESA_APPLY_IMPLS["triton"]
+    monkeypatch.setitem(esa.ESA_APPLY_IMPLS, "triton", capture)
     monkeypatch.setattr(triton.testing, "do_bench", bench)
     rows = occupancy.time_candidates(name, labels, shape=(20, 24), device="cpu")
     assert [r["label"] for r in rows] == list(labels) and [r["ms"] for r in rows] == [2.0, 3.0]

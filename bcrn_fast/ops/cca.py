@@ -104,13 +104,12 @@ def channel_scale_torch(x: Tensor, s: Tensor) -> Tensor:
 # ----------------------------------------------------------------------------- triton launchers
 
 
-def launch_settings(hw: int, channels: int, fma_dots: bool = False) -> tuple[int, int]:
-    """``(BLOCK_P, num_warps)`` for a ``[BLOCK_P, channels]`` tile: the ``CONFIGS`` table of ``kernels/cca.py``,
-    or of ``kernels/esa.py`` for ``fma_dots`` (fp32 IEEE dots in esa_apply); ptxas reasons in their rows.
-    """
-    from bcrn_fast.kernels import cca, esa
+def launch_settings(hw: int, channels: int) -> tuple[int, int]:
+    """``(BLOCK_P, num_warps)`` for a ``[BLOCK_P, channels]`` tile: the ``CONFIGS`` table of ``kernels/cca.py``
+    (ptxas reasons in its rows)."""
+    from bcrn_fast.kernels import cca
 
-    return (esa.launch_config if fma_dots else cca.launch_config)(hw, channels)
+    return cca.launch_config(hw, channels)
 
 
 def merge_group(tiles: int, block_t: int = MERGE_BLOCK) -> int:

@@ -41,7 +41,6 @@ from bcrn_fast.ops.cca import (
     check_cca_weights,
     check_op_backend,
     check_pixels,
-    launch_settings,
     merge_group,
 )
 from bcrn_fast.validation import InputError
@@ -194,9 +193,17 @@ def _check_esa_apply(
 # ----------------------------------------------------------------------------- workspaces
 
 
+def apply_launch_config(hw: int, channels: int, dtype: torch.dtype, precision: str) -> tuple[int, int, int]:
+    """(BLOCK_P, num_warps, num_stages) of esa_apply_kernel: the ``CONFIGS`` table of ``kernels/esa.py``."""
+    from bcrn_fast.kernels import esa
+
+    mode = precision if dtype == torch.float32 else "half"
+    return esa.launch_config(hw, channels, mode)
+
+
 def _apply_tiles(hw: int, dtype: torch.dtype, precision: str) -> int:
     """esa_apply_kernel's tiles per image (its CCA partials) under the launch configuration."""
-    bp, _ = launch_settings(hw, CHANNELS, fma_dots=dtype == torch.float32 and precision == "ieee")
+    bp = apply_launch_config(hw, CHANNELS, dtype, precision)[0]
     return _common.cdiv(hw, bp)
 
 
@@ -331,7 +338,7 @@ def esa_apply_triton(
     n, c, h, w = t.shape
     hl, wl = c3.shape[2:]
     hw = h * w
-    bp, warps = launch_settings(hw, c, fma_dots=t.dtype == torch.float32 and precision == "ieee")
+    bp, warps, stages = apply_launch_config(hw, c, t.dtype, precision)
     bp = block_p or bp
     bt = block_t or MERGE_BLOCK
     tiles = _common.cdiv(hw, bp)
@@ -365,7 +372,7 @@ def esa_apply_triton(
             DOT_IN_FP32=backends.interpreter_enabled() and t.dtype == torch.bfloat16,
             INPUT_PRECISION=precision if t.dtype == torch.float32 else "tf32",  # ignored for half operands
             WIDE_INDEX=_common.needs_wide_index(t, c3, u),
-            num_warps=warps,
+            num_warps=warps, num_stages=stages,
         )  # fmt: skip
     return s
 
