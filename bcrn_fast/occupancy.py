@@ -26,6 +26,7 @@ import argparse
 import contextlib
 import math
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -288,11 +289,16 @@ def format_sweep(rows: list[dict]) -> str:
 
 
 def time_candidates(
-    name: str, labels: tuple[str, ...] | None = None, shape: tuple[int, int] = SWEEP_SHAPE, device: str = "cuda"
+    name: str,
+    labels: tuple[str, ...] | None = None,
+    shape: tuple[int, int] = SWEEP_SHAPE,
+    device: str = "cuda",
+    deadline: float | None = None,
 ) -> list[dict]:
     """Measured on the current CUDA device: each candidate's time for the first of sweep ``name``'s launches
     in a x4 forward at ``shape`` (its real arguments; ``triton.testing.do_bench``, median ms; ``device``: where
-    the model runs, CUDA but for the tests' interpreter runs)."""
+    the model runs, CUDA but for the tests' interpreter runs; no candidate starts after ``deadline``, a
+    ``time.monotonic()`` value)."""
     import triton.testing
 
     from bcrn_fast.fused import BCRNFused
@@ -336,6 +342,8 @@ def time_candidates(
     for label, config in sw.candidates:
         if labels is not None and label not in labels:
             continue
+        if deadline is not None and time.monotonic() > deadline:
+            break
         with fixed_config(name, config), torch.inference_mode():
             ms = triton.testing.do_bench(lambda: original(*args, **kwargs), warmup=5, rep=30, return_mode="median")
         rows.append(
@@ -367,7 +375,6 @@ def format_document(runs: list[dict], note: str = "") -> str:
 
 def main(argv: list[str] | None = None) -> int:
     import json
-    import time
 
     import triton
 

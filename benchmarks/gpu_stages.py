@@ -3,7 +3,7 @@
     python3 benchmarks/gpu_stages.py preflight --pins benchmarks/gpu_image_packages.txt [--expect-gpu]
     python3 benchmarks/gpu_stages.py forward --backend triton|cuda [--sizes 15x15,33x17]
     python3 benchmarks/gpu_stages.py determinism [--batch 8 --size 320x180 --reps 50]
-    python3 benchmarks/gpu_stages.py profile --out FILE.md [--sizes 320x180,960x540 --dtype fp16]
+    python3 benchmarks/gpu_stages.py profile --out FILE.md [--sizes 320x180,960x540 --dtype fp16 --candidates-s 25]
 
 Each prints what it found and exits 0 when the stage passed or was skipped with its reason
 (a line starting ``SKIPPED:``), 1 when it failed. Without a CUDA device the GPU-only parts skip
@@ -326,19 +326,23 @@ def profile(args: argparse.Namespace) -> int:
         out.write_text("\n".join(lines) + "\n")  # written per size: a timeout keeps what was measured
         print(f"profiled {w}x{h}: {total / 1e3:.3f} ms")
     if cuda:
-        lines += _convnext_candidates(out, lines)
         try:  # reads Triton's JIT cache internals: never lose the timings to a Triton version difference
             lines += _triton_metadata()
         except Exception as exc:
             lines += [f"(compiled-kernel metadata unavailable: {type(exc).__name__}: {exc})", ""]
+        out.write_text("\n".join(lines) + "\n")
+        lines += _timed_candidates(out, lines, time.monotonic() + args.candidates_s)
     out.write_text("\n".join(lines) + "\n")
     print(f"wrote {out}")
     return 0
 
 
-def _convnext_candidates(out: Path, lines: list[str]) -> list[str]:
+def _timed_candidates(out: Path, lines: list[str], deadline: float) -> list[str]:
     """Measured time of the swept launches under the tables' configurations and their rivals
-    (``bcrn_fast.occupancy.TIMED``; docs/occupancy.md has the static prediction), written row by row."""
+    (``bcrn_fast.occupancy.TIMED``; docs/occupancy.md has the static prediction), written row by row; fp16
+    sweeps first (the profiled forwards compiled their other kernels), none started after ``deadline``."""
+    import torch
+
     from bcrn_fast import occupancy
 
     rows = [
@@ -347,9 +351,12 @@ def _convnext_candidates(out: Path, lines: list[str]) -> list[str]:
         "| launch | candidate | us | GB/s (input read, outputs written once) |",
         "| --- | --- | ---: | ---: |",
     ]
-    for sweep, labels in occupancy.TIMED.items():
+    for sweep in sorted(occupancy.TIMED, key=lambda name: occupancy.SWEEPS[name].dtype != torch.float16):
+        if time.monotonic() > deadline:
+            rows.append(f"| {sweep} | (not timed: the stage's --candidates-s budget was spent) | | |")
+            continue
         try:
-            for r in occupancy.time_candidates(sweep, labels):
+            for r in occupancy.time_candidates(sweep, occupancy.TIMED[sweep], deadline=deadline):
                 name = f"**{r['label']}** (CONFIGS)" if r["in_table"] else r["label"]
                 rows.append(f"| {sweep} | {name} | {r['ms'] * 1e3:.1f} | {r['gbps']:.0f} |")
                 out.write_text("\n".join(lines + rows) + "\n")
@@ -405,6 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--sizes", default="320x180,960x540")
     p.add_argument("--dtype", default="fp16", choices=("fp16", "fp32", "bf16"))
+    p.add_argument("--candidates-s", type=float, default=25.0, help="seconds for timing configuration candidates")
     args = parser.parse_args(argv)
     return {"preflight": preflight, "forward": forward, "determinism": determinism, "profile": profile}[args.stage](
         args

@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import types
 
 import pytest
 from bcrn_fast.kernels import Config
@@ -138,3 +139,20 @@ def test_time_candidates_runs_each_candidate_on_the_captured_launch(monkeypatch,
     assert sum(r["in_table"] for r in rows) == 1 and all(r["gbps"] > 0 for r in rows)
     tol = 1e-2 if sweep.dtype == torch.float16 else 1e-4  # the chunking changes the accumulation order only
     torch.testing.assert_close(seen[0], seen[1], rtol=tol, atol=tol)
+
+
+def test_time_candidates_starts_none_after_the_deadline(monkeypatch):
+    """The GPU check gives the timing a budget: a candidate due after the deadline is not started."""
+    import triton.testing
+
+    clock = [100.0]
+    monkeypatch.setattr(occupancy, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))  # this module's clock
+
+    def bench(fn, **_):  # each timed candidate costs 10 s of the fake clock
+        fn()
+        clock[0] += 10.0
+        return 1.0
+
+    monkeypatch.setattr(triton.testing, "do_bench", bench)
+    rows = occupancy.time_candidates("esa-apply-half", ("128x8", "64x2"), (20, 24), "cpu", deadline=105.0)
+    assert [r["label"] for r in rows] == ["128x8"]
