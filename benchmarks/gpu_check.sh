@@ -14,7 +14,7 @@
 #   tests      (8x45)  GPU correctness tests, fused modules first, one process per test file, -k "not emu"
 #   determinism  (25)  50 forwards at N=8 bit-identical (torch.equal)
 #   profile      (60)  per-kernel torch.profiler table of one forward, 320x180 and 960x540 fp16, and the
-#                      ConvNeXt launch timed under each configuration of bcrn_fast.occupancy.TIMED
+#                      ConvNeXt, BSConv and ESA-apply launches timed under bcrn_fast.occupancy.TIMED
 #   bench      (rest)  benchmark, every row in its own process (--isolate), baselines before fused rows
 # Rehearsal only: venv (pinned GPU-image packages), aot (compile under Triton 3.6), interp (interpreter tests),
 # collect (pytest --collect-only with BCRN_REHEARSE_GPU=1). GPU-only parts print SKIPPED with the reason.
@@ -307,7 +307,7 @@ if wanted determinism; then
   record determinism "$(status_of $rc)" "rc $rc$( [ "$HAVE_GPU" = 0 ] && echo '; GPU part SKIPPED: needs a CUDA device')"
 fi
 if wanted profile; then
-  stamp "profile: one forward at 320x180 and 960x540 fp16, per kernel; the ConvNeXt configuration candidates"
+  stamp "profile: one forward at 320x180 and 960x540 fp16, per kernel; the launch-configuration candidates"
   timeout -k 5 "$(stage_limit 60 110)" "$PYTHON" benchmarks/gpu_stages.py profile --out "$OUTDIR/profile.md"
   rc=$?
   record profile "$(status_of $rc)" "rc $rc$( [ "$HAVE_GPU" = 0 ] && echo '; GPU part SKIPPED: needs a CUDA device')"

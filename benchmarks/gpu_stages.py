@@ -357,8 +357,7 @@ def _timed_candidates(out: Path, lines: list[str], deadline: float) -> list[str]
             continue
         try:
             for r in occupancy.time_candidates(sweep, occupancy.TIMED[sweep], deadline=deadline):
-                name = f"**{r['label']}** (CONFIGS)" if r["in_table"] else r["label"]
-                rows.append(f"| {sweep} | {name} | {r['ms'] * 1e3:.1f} | {r['gbps']:.0f} |")
+                rows.append(f"| {sweep} | {occupancy.row_label(r)} | {r['ms'] * 1e3:.1f} | {r['gbps']:.0f} |")
                 out.write_text("\n".join(lines + rows) + "\n")
         except Exception as exc:  # a candidate that fails to compile must not cost the rest of the profile
             rows.append(f"| {sweep} | (failed: {type(exc).__name__}: {str(exc)[:200]}) | | |")

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import torch
+
 
 class Config(NamedTuple):
     """One launch configuration: the largest pixel tile and the launch shape.
@@ -21,8 +23,9 @@ class Config(NamedTuple):
     maps, see :func:`pixel_tile`; otherwise only the width cap of :func:`natural_tile`); ``block_k`` caps the input
     channel chunk where the kernel has one (0: no cap / none); ``why`` the
     ptxas fact (registers / spills, arch, Triton version) that chose it;
-    ``maxnreg``: a per-thread register cap passed to ptxas (0: none), used
-    where a cap lets one more program share an SM without spilling.
+    ``maxnreg``: a per-thread register cap passed to ptxas (0: none; the
+    occupancy sweep tries it, no table row uses it yet; only the ConvNeXt
+    launcher passes it).
     """
 
     block_p: int
@@ -47,6 +50,13 @@ def pick(rules: tuple[Rule, ...], **facts: object) -> Config:
         if all(facts[k] == v for k, v in rule.when.items()):
             return rule.config
     raise LookupError(f"no launch configuration for {facts}")
+
+
+def dot_mode(dtype: torch.dtype, precision: str) -> str:
+    """The tables' ``mode`` fact: "ieee" or "tf32" (fp32 storage, its dot precision) or "half" (fp16/bf16)."""
+    if dtype != torch.float32:
+        return "half"
+    return "ieee" if precision == "ieee" else "tf32"
 
 
 def next_pow2(n: int, minimum: int = 16) -> int:

@@ -33,7 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import Config, Rule, natural_tile, next_pow2, pick, pixel_tile
+from . import Config, Rule, dot_mode, natural_tile, next_pow2, pick, pixel_tile
 from .convnext import gelu_fast
 from .window import tap_window
 
@@ -354,7 +354,7 @@ def launch_config(
     """(BLOCK_P, BLOCK_K, num_warps, num_stages) of ``CONFIGS`` for an ``hw``-pixel output map
     (``pw_only``: the pointwise pass of the two-pass form)."""
     width = max(cout_pad, block_k)
-    mode = ("ieee" if precision == "ieee" else "tf32") if dtype == torch.float32 else "half"
+    mode = dot_mode(dtype, precision)
     big = natural_tile(None, width) * width >= 128 * 64
     config = pick(CONFIGS, mode=mode, narrow=width <= 16, cout_pad=cout_pad, wide=wide_index, big=big, pw_only=pw_only)
     block_k = min(block_k, config.block_k) if config.block_k else block_k

@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import Config, Rule, natural_tile, pick, pixel_tile
+from . import Config, Rule, dot_mode, natural_tile, pick, pixel_tile
 from .window import tap_window
 
 # p(b) = Σ_k _GELU_P[k]·b^k ≈ log2(½·erfc(b/√2)), fp32 values (exactly representable as written)
@@ -220,6 +220,6 @@ def launch_config(
     hw: int, dtype: torch.dtype, precision: str, wide_index: bool = False, has_esa: bool = True
 ) -> tuple[int, ...]:
     """(BLOCK_P, HID_BLOCK cap, num_warps, num_stages, maxnreg) of ``CONFIGS`` for an ``hw``-pixel map (C = 64)."""
-    mode = ("ieee" if precision == "ieee" else "tf32") if dtype == torch.float32 else "half"
+    mode = dot_mode(dtype, precision)
     config = pick(CONFIGS, mode=mode, wide=wide_index, big=natural_tile(hw, 64) == 128, esa=has_esa)
     return pixel_tile(config, hw, 64), config.block_k or 64, config.num_warps, config.num_stages, config.maxnreg

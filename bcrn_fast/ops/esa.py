@@ -195,10 +195,9 @@ def _check_esa_apply(
 
 def apply_launch_config(hw: int, channels: int, dtype: torch.dtype, precision: str) -> tuple[int, int, int]:
     """(BLOCK_P, num_warps, num_stages) of esa_apply_kernel: the ``CONFIGS`` table of ``kernels/esa.py``."""
-    from bcrn_fast.kernels import esa
+    from bcrn_fast.kernels import dot_mode, esa
 
-    mode = precision if dtype == torch.float32 else "half"
-    return esa.launch_config(hw, channels, mode)
+    return esa.launch_config(hw, channels, dot_mode(dtype, precision))
 
 
 def _apply_tiles(hw: int, dtype: torch.dtype, precision: str) -> int:
